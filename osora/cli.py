@@ -1,0 +1,104 @@
+"""The `osora` command.
+
+    osora config show [--profile paper]   the resolved params (secrets masked)
+    osora config apply paper               write a profile's resolved params into params/
+    osora results                          where the pipeline's results are
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from osora.config import DEFAULT_PROFILE, SECTIONS, ConfigError, load_settings
+from osora.paths import project_root
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args.profile)
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _config_apply(args: argparse.Namespace) -> int:
+    """Materialise a profile into params/*.yaml: the files DVC tracks are then that profile,
+    a reviewable diff (git checkout params/ goes back to the tiny default)."""
+    from osora.fileio import atomic_write_text
+
+    settings = load_settings(args.profile)
+    params_dir = project_root() / "params"
+    dumped = settings.model_dump(mode="json", exclude_none=False)
+    for name in SECTIONS:
+        if name == "store":
+            dumped[name]["s3"].pop("access_key_id", None)  # credentials stay in the environment
+            dumped[name]["s3"].pop("secret_access_key", None)
+        header = f"# Profile {args.profile!r}, written by `osora config apply {args.profile}`.\n"
+        atomic_write_text(
+            params_dir / f"{name}.yaml", header + yaml.safe_dump(dumped[name], sort_keys=False)
+        )
+    print(f"params/ now holds the {args.profile!r} profile; `dvc repro` will run it")
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from osora.store import Store
+    from osora.tracking import tracking_uri
+
+    settings = load_settings()
+    root = project_root()
+    store = Store.from_settings(settings.store)
+    print(f"Tables ({store!r}):")
+    tables = store.list_tables()
+    for name in tables:
+        print(f"  {name}: version {store.version(name)}, {store.read(name).num_rows} rows, "
+              f"{store.table_uri(name)}")
+    if not tables:
+        print("  none yet: run the pipeline (`dvc repro`)")
+    print("Receipts (table versions each stage produced):")
+    for receipt in sorted((root / "lineage").glob("*.json")):
+        pinned = json.loads(receipt.read_text())["tables"]
+        print(f"  {receipt.relative_to(root)}: "
+              + ", ".join(f"{t['table']}@v{t['version']}" for t in pinned))
+    print("Metrics (`dvc metrics show`):")
+    for metrics in sorted((root / "metrics").glob("*.json")):
+        print(f"  {metrics.relative_to(root)}: {metrics.read_text().strip()}")
+    print("Synthetic demo videos:", root / "data" / "synth")
+    samples = root / "samples"
+    print("Sample videos:", samples if samples.is_dir() else "none yet (no sampling stage has run)")
+    uri = tracking_uri(settings)
+    print("MLflow UI (binds 127.0.0.1):")
+    print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osora", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect or apply params profiles")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    show = config_sub.add_parser("show", help="print the resolved params")
+    show.add_argument("--profile", default=DEFAULT_PROFILE)
+    show.set_defaults(func=_config_show)
+    apply = config_sub.add_parser("apply", help="write a profile's params into params/")
+    apply.add_argument("profile")
+    apply.set_defaults(func=_config_apply)
+
+    results = sub.add_parser("results", help="print where the pipeline's results are")
+    results.set_defaults(func=_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"osora: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

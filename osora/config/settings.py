@@ -1,0 +1,164 @@
+"""Loading params/: YAML files, then a profile's overlay, then OSORA_<SECTION>__<KEY> variables.
+
+Each file params/<section>.yaml is one section of `Settings`. A profile other than `tiny` is a
+folder params/profiles/<name>/ of partial files deep-merged over the base files. Environment
+variables override one run without touching the files DVC tracks.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from osora.config.cost import CostParams
+from osora.config.data import DataParams
+from osora.config.store import StoreSettings
+from osora.config.tracking import TrackingSettings
+from osora.paths import project_root
+
+ENV_PREFIX = "OSORA_"
+ENV_DELIMITER = "__"
+DEFAULT_PROFILE = "tiny"
+
+
+class Settings(BaseSettings):
+    """The whole resolved configuration: one field per file in params/."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data: DataParams
+    cost: CostParams
+    store: StoreSettings
+    tracking: TrackingSettings
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML values arrive as init kwargs; the environment must win over them.
+        return (env_settings, init_settings)
+
+
+SECTIONS: tuple[str, ...] = tuple(Settings.model_fields)
+
+
+class ConfigError(ValueError):
+    """Invalid params: one line per problem, each naming its file (or variable), key and value."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def load_settings(profile: str = DEFAULT_PROFILE, params_dir: Path | None = None) -> Settings:
+    """Read, merge and validate every params file; raise ConfigError on any problem."""
+    params_dir = params_dir or project_root() / "params"
+    raw = {name: _read_yaml(params_dir / f"{name}.yaml") for name in SECTIONS}
+    unexpected = sorted(
+        p.name for p in params_dir.glob("*.yaml") if p.stem not in SECTIONS
+    )
+    if unexpected:
+        raise ConfigError(
+            [f"{params_dir / n}: not a params file; allowed: {', '.join(SECTIONS)}" for n in unexpected]
+        )
+    if profile != DEFAULT_PROFILE:
+        overlay_dir = params_dir / "profiles" / profile
+        if not overlay_dir.is_dir():
+            known = sorted(p.name for p in (params_dir / "profiles").glob("*") if p.is_dir())
+            raise ConfigError(
+                [f"profile {profile!r}: no folder {overlay_dir}; profiles: "
+                 f"{', '.join([DEFAULT_PROFILE, *known])}"]
+            )
+        for name in SECTIONS:
+            path = overlay_dir / f"{name}.yaml"
+            if path.is_file():
+                raw[name] = _deep_merge(raw[name], _read_yaml(path))
+    try:
+        return Settings(**raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, raw, params_dir, profile)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"{path}: missing; every section needs its params file"])
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}".replace("\n", " ")]) from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError([f"{path}: must be a mapping of keys to values, got {type(content).__name__}"])
+    return content
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(err: ValidationError, raw: dict, params_dir: Path, profile: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = [str(part) for part in e["loc"]]
+        section, key = loc[0], ".".join(loc[1:])
+        env_name = ENV_PREFIX + ENV_DELIMITER.join(loc).upper()
+        if env_name in os.environ:
+            source = f"environment {env_name}"
+        elif profile != DEFAULT_PROFILE and _has_key(
+            params_dir / "profiles" / profile / f"{section}.yaml", loc[1:]
+        ):
+            source = str(params_dir / "profiles" / profile / f"{section}.yaml")
+        else:
+            source = str(params_dir / f"{section}.yaml")
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
+            lines.append(f"{source}: unknown key {key!r}; allowed here: {allowed}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: key {key!r} is missing; add it (see the field's description "
+                         f"in osora/config/{section}.py)")
+        else:
+            lines.append(f"{source}: {key} = {e['input']!r}: {e['msg']}")
+    return lines
+
+
+def _has_key(path: Path, keys: list[str]) -> bool:
+    if not path.is_file():
+        return False
+    node: Any = yaml.safe_load(path.read_text())
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """The field names of the model found by walking `loc` down from Settings."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

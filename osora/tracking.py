@@ -1,0 +1,164 @@
+"""MLflow runs for pipeline stages: params, metrics, artifacts, lineage and cost.
+
+    with stage_run("ingest", settings, "data.ingest") as run:
+        ...
+        run.log_metrics({"videos": n})
+        run.log_output(store, "videos", version)
+
+Every run carries the DVC stage, the git commit, the table versions it read and wrote, and its
+cost (wall seconds, device kind and count, GPU-hours, CPU-hours, USD) — logged even when the
+stage fails, because the time was spent all the same.
+"""
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from osora.config import Settings
+from osora.cost import cost_metrics, detect_resources
+from osora.lineage import TableRef, write_receipt
+from osora.paths import project_root, workspace_root
+
+if TYPE_CHECKING:
+    from osora.store import Store
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The configured server, or the main checkout's sqlite store as an absolute URI."""
+    if settings.tracking.uri:
+        return settings.tracking.uri
+    db = workspace_root() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def artifact_root() -> str:
+    """Where a new experiment of the local store keeps artifacts (beside mlflow.db)."""
+    return (workspace_root() / "mlflow" / "artifacts").as_uri()
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": 1}} under "x" → {"x.a.b": 1}: MLflow params are flat."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}", sub))
+        return out
+    return {prefix: value}
+
+
+def section(settings: Settings, dotted: str) -> BaseModel:
+    """settings.data.synth for "data.synth"."""
+    node: Any = settings
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+class StageRun:
+    """The handle a stage logs through while its MLflow run is open."""
+
+    def __init__(self, stage: str, run_id: str):
+        self.stage = stage
+        self.run_id = run_id
+        self.outputs: list[TableRef] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_input(self, ref: TableRef) -> None:
+        """Record that this run read `ref` (lineage: which version fed which run)."""
+        import mlflow
+
+        mlflow.set_tags({
+            f"lance.input.{ref.table}.version": ref.version,
+            f"lance.input.{ref.table}.uri": ref.uri,
+        })
+
+    def log_output(self, store: "Store", table: str, version: int) -> TableRef:
+        """Tag the table version this run produced with `<stage>-<run id>` and record it."""
+        import mlflow
+
+        tag = f"{self.stage}-{self.run_id}"
+        store.tag(table, tag, version)
+        ref = TableRef(table=table, uri=store.table_uri(table), version=version, tag=tag)
+        mlflow.set_tags({
+            f"lance.output.{table}.version": version,
+            f"lance.output.{table}.uri": ref.uri,
+            f"lance.output.{table}.tag": tag,
+        })
+        self.outputs.append(ref)
+        return ref
+
+    def write_receipt(self, path: Path) -> None:
+        write_receipt(path, stage=self.stage, run_id=self.run_id, outputs=self.outputs)
+
+
+@contextmanager
+def stage_run(
+    stage: str, settings: Settings, params_key: str, *, device: str = "cpu"
+) -> Iterator[StageRun]:
+    """Open an MLflow run for one execution of `stage`, whose params are `params_key`
+    (a dotted path into the settings, e.g. "data.synth" — the same keys dvc.yaml tracks)."""
+    import mlflow
+
+    resources = detect_resources(device)  # fails fast, e.g. on a GPU with no price
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
+    if experiment is None:
+        location = None if settings.tracking.uri else artifact_root()
+        try:
+            mlflow.create_experiment(settings.tracking.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a concurrent stage
+    mlflow.set_experiment(settings.tracking.experiment)
+
+    tags = {
+        "osora.stage": stage,
+        "dvc.stage": os.environ.get("DVC_STAGE", stage),
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))),
+        "osora.device_kind": resources.device_kind,
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+
+    start = time.perf_counter()
+    with mlflow.start_run(run_name=stage, tags=tags) as active:
+        params = flatten(params_key, section(settings, params_key))
+        params["store.uri"] = settings.store.uri
+        params["cost.device_kind"] = resources.device_kind
+        mlflow.log_params(params)
+        run = StageRun(stage, active.info.run_id)
+        try:
+            yield run
+        finally:
+            wall = time.perf_counter() - start
+            mlflow.log_metrics(cost_metrics(wall, resources, settings.cost))
+
+
+def _git(*args: str) -> str | None:
+    """Git output in the checkout that is running (a DVC temp copy runs its own commit)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=project_root(), capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired, FileNotFoundError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

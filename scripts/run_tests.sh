@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite on a fresh machine: set-up (idempotent), then pytest on both cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -1,0 +1,142 @@
+"""The one config schema: params/*.yaml validated at load, profiles, environment overrides."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from osora.config import SECTIONS, ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params_dir(tmp_path: Path) -> Path:
+    """A private copy of params/ to break."""
+    return Path(shutil.copytree(REPO / "params", tmp_path / "params"))
+
+
+def edit(path: Path, change) -> None:
+    content = yaml.safe_load(path.read_text())
+    change(content)
+    path.write_text(yaml.safe_dump(content))
+
+
+def test_tiny_profile_loads_every_section():
+    settings = load_settings()
+    assert set(SECTIONS) == {p.stem for p in (REPO / "params").glob("*.yaml")}
+    assert settings.data.synth.fps == 24
+    assert settings.cost.gpu_hour_usd["H200"] == 2.0  # the paper's price
+
+
+def test_paper_profile_overrides_only_what_its_files_name():
+    tiny, paper = load_settings(), load_settings("paper")
+    assert paper.store.uri.startswith("s3://")
+    assert (paper.data.synth.width, paper.data.synth.height) == (1024, 576)
+    assert paper.data.synth.seed == tiny.data.synth.seed
+    assert paper.cost == tiny.cost
+
+
+def test_unknown_profile_lists_the_known_ones(params_dir):
+    with pytest.raises(ConfigError, match=r"profile 'huge'.*tiny, paper"):
+        load_settings("huge", params_dir)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c["synth"].update(fps=8), r"data.yaml: synth.fps = 8: .*greater than or equal to 16"),
+        (lambda c: c["synth"].update(width="wide"), r"data.yaml: synth.width = 'wide': .*valid integer"),
+        (lambda c: c["synth"].update(colour=3), r"data.yaml: unknown key 'synth.colour'; allowed here: seed, "),
+        (lambda c: c["synth"].pop("crf"), r"data.yaml: key 'synth.crf' is missing"),
+    ],
+    ids=["out-of-range", "wrong-type", "unknown-key", "missing-key"],
+)
+def test_bad_value_gives_one_line_naming_file_key_value(params_dir, change, expected):
+    edit(params_dir / "data.yaml", change)
+    with pytest.raises(ConfigError) as err:
+        load_settings(params_dir=params_dir)
+    assert len(err.value.lines) == 1
+    assert str(params_dir / "data.yaml") in err.value.lines[0]
+    assert err.value.lines[0] == str(err.value)
+    import re
+
+    assert re.search(expected, str(err.value)), str(err.value)
+
+
+def test_a_stray_params_file_is_an_error(params_dir):
+    (params_dir / "dit.yaml").write_text("depth: 3\n")
+    with pytest.raises(ConfigError, match="dit.yaml: not a params file"):
+        load_settings(params_dir=params_dir)
+
+
+def test_environment_overrides_one_run(params_dir, monkeypatch):
+    monkeypatch.setenv("OSORA_DATA__SYNTH__SEED", "99")
+    monkeypatch.setenv("OSORA_STORE__URI", "s3://elsewhere/x")
+    settings = load_settings(params_dir=params_dir)
+    assert settings.data.synth.seed == 99
+    assert settings.store.uri == "s3://elsewhere/x"
+
+
+def test_bad_environment_value_names_the_variable(params_dir, monkeypatch):
+    monkeypatch.setenv("OSORA_DATA__SYNTH__FPS", "fast")
+    with pytest.raises(ConfigError, match=r"^environment OSORA_DATA__SYNTH__FPS: synth.fps = 'fast'"):
+        load_settings(params_dir=params_dir)
+
+
+def test_profile_overlay_errors_name_the_overlay_file(params_dir):
+    (params_dir / "profiles" / "paper" / "data.yaml").write_text("synth: {fps: 1}\n")
+    with pytest.raises(ConfigError, match=r"profiles/paper/data.yaml: synth.fps = 1"):
+        load_settings("paper", params_dir)
+
+
+def osora(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "osora.cli", *args], cwd=REPO, capture_output=True, text=True,
+        env=env,
+    )
+
+
+def test_config_show_prints_the_resolved_profile_without_secrets(monkeypatch):
+    import os
+
+    env = {**os.environ, "OSORA_STORE__S3__SECRET_ACCESS_KEY": "hunter2-secret"}
+    done = osora("config", "show", "--profile", "paper", env=env)
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["data"]["synth"]["width"] == 1024
+    assert shown["store"]["uri"].startswith("s3://")
+    assert "hunter2-secret" not in done.stdout
+
+
+def test_cli_reports_config_errors_in_one_line_and_exit_2():
+    import os
+
+    done = osora("config", "show", env={**os.environ, "OSORA_DATA__SYNTH__CRF": "99"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "osora: environment OSORA_DATA__SYNTH__CRF: synth.crf = '99': "
+        "Input should be less than or equal to 51"
+    ]
+
+
+def test_dvc_tracks_the_keys_each_stage_reads():
+    """Each pipeline script names the settings section it reads (PARAMS); dvc.yaml must list
+    exactly that section as a params dependency of the same stage."""
+    import importlib.util
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages, "dvc.yaml declares no stage"
+    for name, stage in stages.items():
+        script = REPO / "pipelines" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"pipelines_{name}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.STAGE == name
+        section, key = module.PARAMS.split(".", 1)
+        declared = [p for p in stage["params"] if isinstance(p, dict)]
+        tracked = {f: keys for d in declared for f, keys in d.items()}
+        assert key in (tracked.get(f"params/{section}.yaml") or []), (name, tracked)
