@@ -39,7 +39,8 @@ def gpu_price(device_kind: str, cost: CostParams) -> float:
             return usd
     raise ValueError(
         f"GPU {device_kind!r} has no price in params/cost.yaml gpu_hour_usd "
-        f"(known: {', '.join(cost.gpu_hour_usd)}); add a line such as `{device_kind.split()[-1]}: 2.0`"
+        f"(known: {', '.join(cost.gpu_hour_usd)}); "
+        f"add a line such as `{device_kind.split()[-1]}: 2.0`"
     )
 
 

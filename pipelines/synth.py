@@ -3,8 +3,9 @@
 import argparse
 from pathlib import Path
 
-from osora.config import load_settings
 from osora.data.synth import generate
+
+from osora.config import load_settings
 from osora.fileio import atomic_write_json
 from osora.tracking import stage_run
 
@@ -21,10 +22,9 @@ def main() -> None:
     settings = load_settings()
     with stage_run(STAGE, settings, PARAMS) as run:
         videos = generate(settings.data.synth, args.out)
-        files = [p for p in args.out.iterdir() if p.is_file()]
         metrics = {
             "videos": len(videos),
-            "megabytes": sum(p.stat().st_size for p in files) / 1e6,
+            "megabytes": sum((args.out / v.file).stat().st_size for v in videos) / 1e6,
             "expected_rejections": sum(v.expected_reason is not None for v in videos),
         }
         run.log_metrics(metrics)

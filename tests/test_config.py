@@ -1,5 +1,6 @@
 """The one config schema: params/*.yaml validated at load, profiles, environment overrides."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -48,9 +49,12 @@ def test_unknown_profile_lists_the_known_ones(params_dir):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda c: c["synth"].update(fps=8), r"data.yaml: synth.fps = 8: .*greater than or equal to 16"),
-        (lambda c: c["synth"].update(width="wide"), r"data.yaml: synth.width = 'wide': .*valid integer"),
-        (lambda c: c["synth"].update(colour=3), r"data.yaml: unknown key 'synth.colour'; allowed here: seed, "),
+        (lambda c: c["synth"].update(fps=8),
+         r"data.yaml: synth.fps = 8: .*greater than or equal to 16"),
+        (lambda c: c["synth"].update(width="wide"),
+         r"data.yaml: synth.width = 'wide': .*valid integer"),
+        (lambda c: c["synth"].update(colour=3),
+         r"data.yaml: unknown key 'synth.colour'; allowed here: seed, "),
         (lambda c: c["synth"].pop("crf"), r"data.yaml: key 'synth.crf' is missing"),
     ],
     ids=["out-of-range", "wrong-type", "unknown-key", "missing-key"],
@@ -62,8 +66,6 @@ def test_bad_value_gives_one_line_naming_file_key_value(params_dir, change, expe
     assert len(err.value.lines) == 1
     assert str(params_dir / "data.yaml") in err.value.lines[0]
     assert err.value.lines[0] == str(err.value)
-    import re
-
     assert re.search(expected, str(err.value)), str(err.value)
 
 
@@ -83,7 +85,8 @@ def test_environment_overrides_one_run(params_dir, monkeypatch):
 
 def test_bad_environment_value_names_the_variable(params_dir, monkeypatch):
     monkeypatch.setenv("OSORA_DATA__SYNTH__FPS", "fast")
-    with pytest.raises(ConfigError, match=r"^environment OSORA_DATA__SYNTH__FPS: synth.fps = 'fast'"):
+    expected = r"^environment OSORA_DATA__SYNTH__FPS: synth.fps = 'fast'"
+    with pytest.raises(ConfigError, match=expected):
         load_settings(params_dir=params_dir)
 
 

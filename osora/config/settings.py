@@ -73,7 +73,8 @@ def load_settings(profile: str = DEFAULT_PROFILE, params_dir: Path | None = None
     )
     if unexpected:
         raise ConfigError(
-            [f"{params_dir / n}: not a params file; allowed: {', '.join(SECTIONS)}" for n in unexpected]
+            [f"{params_dir / n}: not a params file; allowed: {', '.join(SECTIONS)}"
+             for n in unexpected]
         )
     if profile != DEFAULT_PROFILE:
         overlay_dir = params_dir / "profiles" / profile
@@ -103,7 +104,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError([f"{path}: must be a mapping of keys to values, got {type(content).__name__}"])
+        kind = type(content).__name__
+        raise ConfigError([f"{path}: must be a mapping of keys to values, got {kind}"])
     return content
 
 

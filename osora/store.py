@@ -1,0 +1,324 @@
+"""Lance tables behind one root URI: a local directory or s3://bucket/prefix.
+
+Every table is `<root>/<name>.lance`, its columns fixed by `osora.schemas`. Lance gives what the
+pipeline needs from a table store:
+
+- atomic writes: data files are written first and a write becomes visible only when its manifest
+  is committed (a conditional put on S3), so a crash mid-write leaves the previous version intact;
+- versions: every write is a new numbered version and old versions stay readable, so a stage can
+  pin the version it consumed;
+- tags: names for versions (e.g. "paper-v1") that survive later writes.
+
+Lance is not fork-safe: run parallel workers with subprocess or a spawn pool, never fork.
+Credentials live only in the storage options handed to Lance; `repr` and log lines mask them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from osora.paths import workspace_root
+from osora.schemas import schema_of
+
+if TYPE_CHECKING:
+    import lance
+
+    from osora.config.store import S3Settings, StoreSettings
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["create", "append", "overwrite"]
+_MODES = ("create", "append", "overwrite")
+# Storage options that are safe to show; every other value (keys, secrets, tokens) is masked.
+_SHOWN_OPTIONS = frozenset({"aws_endpoint", "aws_region", "allow_http"})
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def lance_s3_options(s3: S3Settings) -> dict[str, str]:
+    """Lance (object_store) storage options for S3 from settings.
+
+    Credentials left unset are not passed, so Lance falls back to AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, instance profiles and the rest of the usual chain.
+    """
+    options = {"aws_region": s3.region}
+    if s3.endpoint_url:
+        options["aws_endpoint"] = s3.endpoint_url
+    if s3.allow_http:
+        options["allow_http"] = "true"
+    if (s3.access_key_id is None) != (s3.secret_access_key is None):
+        raise ValueError(
+            "store.s3: set both access_key_id and secret_access_key, or neither (then the "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables are used)"
+        )
+    if s3.access_key_id is not None and s3.secret_access_key is not None:
+        options["aws_access_key_id"] = s3.access_key_id.get_secret_value()
+        options["aws_secret_access_key"] = s3.secret_access_key.get_secret_value()
+    return options
+
+
+class Store:
+    """The project's tables under one root URI."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None):
+        if "://" not in uri:
+            # Absolute, so table URIs mean the same thing whatever the working directory.
+            uri = str(Path(uri).expanduser().resolve())
+        self.root = uri.rstrip("/") or "/"
+        self._storage_options = dict(storage_options or {})
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> Store:
+        """A store for params/store.yaml. A relative path resolves against the main checkout
+        (`workspace_root()`), so DVC temporary experiment copies share the main tables."""
+        uri = settings.uri
+        if "://" not in uri:
+            path = Path(uri).expanduser()
+            return cls(str(path if path.is_absolute() else workspace_root() / path))
+        if uri.startswith("s3://"):
+            return cls(uri, lance_s3_options(settings.s3))
+        return cls(uri)
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """A copy of the options handed to Lance, e.g. to rebuild this store in a subprocess.
+        Holds the credentials: never log it."""
+        return dict(self._storage_options)
+
+    def __repr__(self) -> str:
+        shown = {k: (v if k in _SHOWN_OPTIONS else "***") for k, v in self._storage_options.items()}
+        return f"Store({self.root!r}, storage_options={shown})"
+
+    # -- locating tables -------------------------------------------------------------------
+
+    def table_uri(self, name: str) -> str:
+        if not _TABLE_NAME.fullmatch(name):
+            raise ValueError(f"bad table name {name!r}: use letters, digits, '_', '-' and '.'")
+        return f"{self.root}/{name}.lance"
+
+    def exists(self, name: str) -> bool:
+        """Whether the table has a committed version (a crashed first write leaves none)."""
+        try:
+            self._open(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list_tables(self) -> list[str]:
+        """Names of the tables under the root that have at least one committed version."""
+        from lance.namespace import DirectoryNamespace, ListTablesRequest
+
+        namespace = DirectoryNamespace(
+            root=self.root,
+            manifest_enabled="false",  # list `*.lance` folders; write no catalog of our own
+            dir_listing_enabled="true",
+            **{f"storage.{k}": v for k, v in self._storage_options.items()},
+        )
+        names: list[str] = []
+        token = None
+        while True:
+            page = namespace.list_tables(ListTablesRequest(id=[], page_token=token))
+            names += page.tables
+            token = page.page_token
+            if not token:
+                break
+        return sorted(n for n in set(names) if self.exists(n))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(
+        self,
+        name: str,
+        data: pa.Table | pa.RecordBatchReader,
+        mode: WriteMode = "create",
+        *,
+        max_rows_per_file: int | None = None,
+    ) -> int:
+        """Write `data` as one atomic commit and return the new version.
+
+        mode: "create" (the table must not exist), "append", or "overwrite" (a new version with
+        only `data`; older versions stay readable). A RecordBatchReader is streamed, so a large
+        write never has to fit in memory. `max_rows_per_file` caps rows per data file (Lance's
+        default otherwise, about a million).
+        """
+        import lance
+
+        if mode not in _MODES:
+            raise ValueError(f"write mode {mode!r}: use one of {', '.join(_MODES)}")
+        uri = self.table_uri(name)
+        options: dict[str, Any] = {}
+        if max_rows_per_file is not None:
+            options["max_rows_per_file"] = max_rows_per_file
+        try:
+            dataset = lance.write_dataset(
+                _conform(name, data),
+                uri,
+                schema=schema_of(name),
+                mode=mode,
+                storage_options=self._storage_options or None,
+                **options,
+            )
+        except OSError as err:
+            if mode == "create" and "already exists" in str(err):
+                raise FileExistsError(
+                    f"table {name!r} already exists at {uri}: write with mode='append' or "
+                    "mode='overwrite', or sync()"
+                ) from None
+            raise
+        log.info("%s: %s -> version %d", uri, mode, dataset.version)
+        return dataset.version
+
+    def sync(self, name: str, data: pa.Table | pa.RecordBatchReader, key: str = "id") -> int:
+        """Make the table's rows equal `data` by `key` and return the resulting version.
+
+        Keys new to the table are inserted, keys missing from `data` are deleted, and rows whose
+        key is already there are left untouched, all in one commit (Lance merge_insert). That
+        makes a stage idempotent: ingesting the same files twice adds nothing. When nothing
+        changes, no commit is made and the current version is returned, so a rerun does not
+        change the table. Creates the table if it does not exist.
+        """
+        table = _conform(name, data)
+        if isinstance(table, pa.RecordBatchReader):
+            table = table.read_all()  # the merge needs every key anyway
+        if key not in table.column_names:
+            raise ValueError(f"sync {name!r}: key column {key!r} is not in the schema")
+        keys = table.column(key)
+        if keys.null_count:
+            raise ValueError(f"sync {name!r}: {keys.null_count} rows have a null {key!r}")
+        counts = pc.value_counts(keys)
+        duplicates = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        if len(duplicates):
+            raise ValueError(
+                f"sync {name!r}: {len(duplicates)} {key!r} values occur more than once in the "
+                f"data, e.g. {duplicates[0].as_py()!r}; deduplicate before syncing"
+            )
+        if not self.exists(name):
+            return self.write(name, table, mode="create")
+
+        dataset = self._open(name)
+        old = dataset.to_table(columns=[key]).column(key).combine_chunks()
+        new = keys.combine_chunks()
+        n_insert = len(new) - (pc.sum(pc.is_in(new, value_set=old)).as_py() or 0)
+        n_delete = len(old) - (pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
+        uri = self.table_uri(name)
+        if n_insert == 0 and n_delete == 0:
+            log.info("%s: sync found nothing to change, still version %d", uri, dataset.version)
+            return dataset.version
+        (
+            dataset.merge_insert(key)
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete()
+            .execute(table)
+        )
+        log.info("%s: sync +%d -%d -> version %d", uri, n_insert, n_delete, dataset.version)
+        return dataset.version
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(
+        self, name: str, version: int | str | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """The table at `version` (a number, a tag name, or None for the latest)."""
+        return self._open(name, version).to_table(columns=columns)
+
+    def version(self, name: str) -> int:
+        """The latest version number."""
+        return self._open(name).version
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version, oldest first, as Lance reports it: {"version", "timestamp",
+        "metadata"} (the timestamp is naive UTC)."""
+        return sorted(self._open(name).versions(), key=lambda v: v["version"])
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def tag(self, name: str, tag: str, version: int) -> None:
+        """Point `tag` at `version`, creating the tag or moving it."""
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"tag {tag!r}: version must be an int, got {version!r}")
+        dataset = self._open(name)
+        if tag in dataset.tags.list():
+            dataset.tags.update(tag, version)
+        else:
+            dataset.tags.create(tag, version)
+        log.info("%s: tag %r -> version %d", self.table_uri(name), tag, version)
+
+    def tags(self, name: str) -> dict[str, int]:
+        """Tag name -> version."""
+        return {tag: info["version"] for tag, info in self._open(name).tags.list().items()}
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
+        import lance
+
+        uri = self.table_uri(name)
+        try:
+            return lance.dataset(
+                uri, version=version, storage_options=self._storage_options or None
+            )
+        except ValueError as err:
+            if version is not None and self.exists(name):
+                raise ValueError(
+                    f"table {name!r} has no version or tag {version!r} (see Store.versions / "
+                    f"Store.tags): {err}"
+                ) from None
+            if "not found" in str(err).lower():
+                raise FileNotFoundError(
+                    f"no table {name!r} at {uri}: create it with Store.write or Store.sync"
+                ) from None
+            raise
+
+
+def _conform(name: str, data: pa.Table | pa.RecordBatchReader) -> pa.Table | pa.RecordBatchReader:
+    """`data` checked against the table's schema: columns in schema order, non-nullable columns
+    without nulls. Types must match exactly (build data with the schema, see osora.schemas)."""
+    schema = schema_of(name)
+    if not isinstance(data, (pa.Table, pa.RecordBatchReader)):
+        raise TypeError(
+            f"table {name!r}: expected a pyarrow Table or RecordBatchReader, got "
+            f"{type(data).__name__}"
+        )
+    _check_schema(name, schema, data.schema)
+    if isinstance(data, pa.Table):
+        try:
+            return data.select(schema.names).cast(schema)
+        except ValueError as err:  # nulls in a non-nullable column
+            raise ValueError(f"table {name!r}: {err}") from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in data:
+            try:
+                yield batch.select(schema.names).cast(schema)
+            except ValueError as err:
+                raise ValueError(f"table {name!r}: {err}") from None
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _check_schema(name: str, expected: pa.Schema, got: pa.Schema) -> None:
+    problems = []
+    missing = [n for n in expected.names if n not in got.names]
+    extra = [n for n in got.names if n not in expected.names]
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    wrong = [
+        f"{f.name} is {got.field(f.name).type}, expected {f.type}"
+        for f in expected
+        if f.name in got.names and got.field(f.name).type != f.type
+    ]
+    if wrong:
+        problems.append("wrong types: " + "; ".join(wrong))
+    if problems:
+        raise ValueError(
+            f"data for table {name!r} does not match osora.schemas.SCHEMAS[{name!r}]: "
+            + "; ".join(problems)
+        )
