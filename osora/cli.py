@@ -62,7 +62,7 @@ def _results(args: argparse.Namespace) -> int:
               + ", ".join(f"{t['table']}@v{t['version']}" for t in pinned))
     print("Metrics (`dvc metrics show`):")
     for metrics in sorted((root / "metrics").glob("*.json")):
-        print(f"  {metrics.relative_to(root)}: {metrics.read_text().strip()}")
+        print(f"  {metrics.relative_to(root)}: {json.dumps(json.loads(metrics.read_text()))}")
     print("Synthetic demo videos:", root / "data" / "synth")
     samples = root / "samples"
     print("Sample videos:", samples if samples.is_dir() else "none yet (no sampling stage has run)")

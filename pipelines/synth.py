@@ -3,9 +3,8 @@
 import argparse
 from pathlib import Path
 
-from osora.data.synth import generate
-
 from osora.config import load_settings
+from osora.data.synth import generate
 from osora.fileio import atomic_write_json
 from osora.tracking import stage_run
 

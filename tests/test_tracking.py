@@ -98,7 +98,15 @@ def test_output_tables_are_tagged_and_recorded_as_lineage(project):
         ref = run.log_output(store, "videos", version)
         run.write_receipt(project / "lineage" / "ingest.json")
 
-    _, logged = only_run(settings)
+    with stage_run("consumer", settings, "data.ingest") as run:
+        run.log_input(read_receipt(project / "lineage" / "ingest.json")["videos"])
+
+    client = client_for(settings)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    logged, consumer = runs["ingest"], runs["consumer"]
+    assert consumer.data.tags["lance.input.videos.version"] == str(version)
+    assert consumer.data.tags["lance.input.videos.uri"] == store.table_uri("videos")
     assert store.tags("videos")[ref.tag] == version
     assert ref.tag == f"ingest-{logged.info.run_id}"
     assert logged.data.tags["lance.output.videos.version"] == str(version)
