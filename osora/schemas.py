@@ -41,17 +41,159 @@ VIDEOS = pa.schema(
     ]
 )
 
+# Preprocessing verdict per raw video (RECIPE §1): every video keeps a row, dropped or not.
+PREPROCESS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the video's id
+        pa.field("keep", pa.bool_(), nullable=False),
+        # Why the video was dropped ("too_short", "low_fps", "low_bpp", "aspect_ratio",
+        # "constrained_baseline", "unreadable: <why>"); null when kept.
+        pa.field("reason", pa.string()),
+        pa.field("bits_per_pixel", pa.float64()),  # bit_rate / (w·h·fps)
+        pa.field("aspect_ratio", pa.float64()),  # w / h
+    ]
+)
+
+# Shot analysis per kept video: one decode pass gives scene cuts and the black-border crop.
+SHOTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the video's id
+        pa.field("num_frames", pa.int64()),  # frames decoded
+        pa.field("fps", pa.float64()),
+        pa.field("cut_frames", pa.list_(pa.int64())),  # first frame of shots 2, 3, ...
+        # The picture inside black borders, in source pixels (the full frame when none).
+        pa.field("crop_x", pa.int32()),
+        pa.field("crop_y", pa.int32()),
+        pa.field("crop_w", pa.int32()),
+        pa.field("crop_h", pa.int32()),
+    ]
+)
+
+# Training clips cut from shots: 2–8 s, H.264, fps ≤ 30, longer side ≤ 1080, borders cropped.
+CLIPS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # "<video id>-<index>"
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),  # the clip file in the artifact store
+        pa.field("start_frame", pa.int64()),  # in source frames, inclusive
+        pa.field("end_frame", pa.int64()),  # in source frames, exclusive
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),  # of the clip file
+        pa.field("width", pa.int32()),  # of the clip file
+        pa.field("height", pa.int32()),
+        pa.field("num_frames", pa.int64()),
+        pa.field("crop_x", pa.int32()),  # the crop applied, in source pixels
+        pa.field("crop_y", pa.int32()),
+        pa.field("crop_w", pa.int32()),
+        pa.field("crop_h", pa.int32()),
+    ]
+)
+
+# One table per scorer, keyed by clip id, holding raw measurements; thresholds are applied
+# per pyramid level, so changing a threshold never re-scores.
+SCORE_AESTHETIC = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the clip's id
+        pa.field("aesthetic", pa.float64()),  # CLIP + MLP head, mean of first/middle/last frame
+    ]
+)
+SCORE_MOTION = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("motion", pa.float64()),  # mean VMAF motion score (ffmpeg vmafmotion)
+    ]
+)
+SCORE_BLUR = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        # Variance of the Laplacian on uniformly spaced frames; a frame is blurry below the
+        # level's threshold, the clip when most frames are.
+        pa.field("laplacian_var", pa.list_(pa.float64())),
+    ]
+)
+SCORE_OCR = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text_area", pa.float64()),  # area of confident text boxes / frame area
+        pa.field("text_boxes", pa.int32()),  # boxes counted
+    ]
+)
+SCORE_JITTER = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("jitter", pa.float64()),  # mean frame-to-frame change (PySceneDetect)
+    ]
+)
+
+# Captions per clip, with where they came from.
+CAPTIONS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the clip's id
+        pa.field("caption", pa.string()),
+        pa.field("captioner", pa.string()),  # backend and model, e.g. "openai:Qwen2.5-VL-7B"
+        pa.field("prompt_version", pa.string()),  # version of the six-aspect prompt
+    ]
+)
+
+# A pyramid level: the clips that pass its thresholds, ready for training. One table per level
+# ("pyramid_<level>"); stricter levels are subsets of looser ones.
+PYRAMID = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the clip's id
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("text", pa.string()),  # the training text: caption + fps + motion score
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("fps", pa.float64()),
+        pa.field("num_frames", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("aesthetic", pa.float64()),
+        pa.field("motion", pa.float64()),
+        pa.field("text_area", pa.float64()),
+        pa.field("jitter", pa.float64()),
+    ]
+)
+
+# Rows a stage could not process, with the reason: bad input is set aside, never lost.
+QUARANTINE = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the input row's key
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS,
+    "preprocess": PREPROCESS,
+    "shots": SHOTS,
+    "clips": CLIPS,
+    "score_aesthetic": SCORE_AESTHETIC,
+    "score_motion": SCORE_MOTION,
+    "score_blur": SCORE_BLUR,
+    "score_ocr": SCORE_OCR,
+    "score_jitter": SCORE_JITTER,
+    "captions": CAPTIONS,
 }
+# Tables whose name has one of these prefixes share a schema: "pyramid_<level>" and
+# "<stage>_quarantine" (suffix).
+FAMILIES: dict[str, pa.Schema] = {"pyramid_": PYRAMID}
+QUARANTINE_SUFFIX = "_quarantine"
 
 
 def schema_of(name: str) -> pa.Schema:
     """The schema of table `name`; a KeyError naming the known tables when there is none."""
-    try:
+    if name in SCHEMAS:
         return SCHEMAS[name]
-    except KeyError:
-        known = ", ".join(sorted(SCHEMAS))
-        raise KeyError(
-            f"no schema for table {name!r}: known tables are {known} (add one to osora/schemas.py)"
-        ) from None
+    if name.endswith(QUARANTINE_SUFFIX):
+        return QUARANTINE
+    for prefix, schema in FAMILIES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return schema
+    known = ", ".join([*sorted(SCHEMAS), "pyramid_<level>", "<stage>_quarantine"])
+    raise KeyError(
+        f"no schema for table {name!r}: known tables are {known} (add one to osora/schemas.py)"
+    )

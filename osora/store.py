@@ -95,6 +95,55 @@ class Store:
         shown = {k: (v if k in _SHOWN_OPTIONS else "***") for k, v in self._storage_options.items()}
         return f"Store({self.root!r}, storage_options={shown})"
 
+    # -- files (clips, samples): stored beside the tables, under <root>/files/ -------------
+
+    def file_uri(self, key: str) -> str:
+        """The URI of artifact file `key` (a relative path like "clips/<video>/<clip>.mp4")."""
+        if key.startswith("/") or ".." in Path(key).parts:
+            raise ValueError(f"bad file key {key!r}: use a relative path without '..'")
+        return f"{self.root}/files/{key}"
+
+    def put_file(self, local: Path, key: str) -> str:
+        """Copy a local file into the store (atomically: a reader never sees half a file)."""
+        import os
+        import shutil
+
+        uri = self.file_uri(key)
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{uri}.partial-{os.getpid()}"
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, uri)
+        else:  # an S3 PUT is atomic: the object appears whole or not at all
+            self._fs().put_file(str(local), uri)
+        return uri
+
+    def fetch_file(self, uri: str, dest: Path) -> Path:
+        """Copy a stored file (a path or an s3:// URI of this store) to `dest`."""
+        import shutil
+
+        if "://" not in uri:
+            shutil.copyfile(uri, dest)
+        else:
+            self._fs().get_file(uri, str(dest))
+        return dest
+
+    def _fs(self):
+        """An fsspec filesystem for this store's object storage, from the same options."""
+        import fsspec
+
+        opts = self._storage_options
+        client_kwargs = {"region_name": opts.get("aws_region")}
+        if "aws_endpoint" in opts:
+            client_kwargs["endpoint_url"] = opts["aws_endpoint"]
+        return fsspec.filesystem(
+            "s3",
+            key=opts.get("aws_access_key_id"),
+            secret=opts.get("aws_secret_access_key"),
+            client_kwargs=client_kwargs,
+            skip_instance_cache=True,
+        )
+
     # -- locating tables -------------------------------------------------------------------
 
     def table_uri(self, name: str) -> str:

@@ -51,7 +51,7 @@ def test_schemas_module():
     assert schema_of("videos") is SCHEMAS["videos"]
     assert not SCHEMAS["videos"].field("id").nullable
     assert SCHEMAS["videos"].field("caption").nullable
-    with pytest.raises(KeyError, match="known tables are videos"):
+    with pytest.raises(KeyError, match="known tables are .*videos"):
         schema_of("nope")
 
 
@@ -214,3 +214,14 @@ def test_killed_writer_leaves_previous_version(store: Store, request: pytest.Fix
     after_version = store.write("videos", videos(["c"]), mode="append")
     assert after_version == before_version + 1
     assert ids(store.read("videos")) == ["a", "b", "c"]
+
+
+def test_files_round_trip_beside_the_tables(store, tmp_path):
+    local = tmp_path / "clip one.mp4"
+    local.write_bytes(b"\x00\x01clip-bytes" * 100)
+    uri = store.put_file(local, "clips/v1/clip one.mp4")
+    assert uri == f"{store.root}/files/clips/v1/clip one.mp4"
+    back = store.fetch_file(uri, tmp_path / "back.mp4")
+    assert back.read_bytes() == local.read_bytes()
+    with pytest.raises(ValueError, match="bad file key"):
+        store.file_uri("../escape.mp4")

@@ -1,6 +1,8 @@
-"""params/data.yaml: the data pyramid's stages, one section per stage."""
+"""params/data.yaml: the data pyramid's stages, one section per stage (RECIPE.md §1)."""
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from osora.config.base import Params
 
@@ -23,6 +25,152 @@ class IngestParams(Params):
     extensions: list[str] = Field(min_length=1, description="file suffixes taken as videos")
 
 
+class PreprocessParams(Params):
+    """Drop rules for raw videos (RECIPE §1): a video is dropped when any rule holds."""
+
+    min_duration_s: float = Field(ge=0.0, description="drop shorter videos")
+    min_bits_per_pixel: float = Field(ge=0.0, description="drop when bit_rate/(w·h·fps) is lower")
+    min_fps: float = Field(ge=0.0, description="drop lower frame rates")
+    min_aspect_ratio: float = Field(gt=0.0, description="drop when w/h is lower")
+    max_aspect_ratio: float = Field(gt=0.0, description="drop when w/h is higher")
+    drop_profiles: list[str] = Field(description="H.264 profiles to drop, as PyAV names them")
+
+
+class ShotsParams(Params):
+    """Scene-cut detection and black-border detection in one decode pass."""
+
+    scene_threshold: float = Field(gt=0.0, le=100.0, description="ffmpeg scdet score for a cut")
+    analysis_width: int = Field(ge=32, le=1920, description="frames are downscaled to this width")
+    border_limit: int = Field(ge=0, le=255, description="cropdetect: luma at or below is black")
+
+
+class ClipsParams(Params):
+    """Cutting shots into training clips."""
+
+    min_duration_s: float = Field(gt=0.0, description="shorter shots are dropped")
+    max_duration_s: float = Field(gt=0.0, description="longer shots are split into pieces this long")
+    max_fps: float = Field(gt=0.0, description="clips above this frame rate are resampled")
+    max_side: int = Field(ge=64, description="longer side of a clip at most, px")
+    crf: int = Field(ge=0, le=51, description="x264 CRF of the clip files")
+    preset: str = Field(description="x264 preset of the clip files")
+
+    @model_validator(mode="after")
+    def _durations(self) -> "ClipsParams":
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be ≥ min_duration_s")
+        return self
+
+
+class RunnerParams(Params):
+    """How operators are mapped over rows."""
+
+    backend: Literal["local", "ray"] = Field(description="local spawn pool, or Ray Data")
+    workers: int = Field(ge=1, le=1024, description="worker processes (local backend)")
+    timeout_s: float = Field(gt=0.0, description="per-row time limit; a slower row is quarantined")
+    commit_every: int = Field(ge=1, description="rows per Lance commit: the unit of resumption")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address (e.g. ray://head:10001); null: local Ray"
+    )
+
+
+class AestheticParams(Params):
+    clip_path: str | None = Field(description="local folder of a CLIP ViT-L/14 (transformers)")
+    head_path: str | None = Field(description="safetensors file of the aesthetic MLP head")
+
+
+class MotionParams(Params):
+    analysis_width: int = Field(ge=32, description="frames are downscaled to this width")
+
+
+class BlurParams(Params):
+    num_frames: int = Field(ge=1, le=64, description="uniformly spaced frames measured")
+
+
+class OcrParams(Params):
+    min_confidence: float = Field(ge=0.0, le=1.0, description="boxes below are ignored")
+    num_frames: int = Field(ge=1, le=16, description="uniformly spaced frames read")
+
+
+class JitterParams(Params):
+    analysis_width: int = Field(ge=32, description="frames are downscaled to this width")
+
+
+class ScoresParams(Params):
+    aesthetic: AestheticParams
+    motion: MotionParams
+    blur: BlurParams
+    ocr: OcrParams
+    jitter: JitterParams
+
+
+class OpenAICaptionParams(Params):
+    """An OpenAI-compatible chat endpoint (vLLM, a hosted Qwen). The key comes from the
+    environment variable named by `api_key_env`, never from this file."""
+
+    base_url: str | None = Field(description="e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(min_length=1)
+    api_key_env: str = Field(description="name of the environment variable holding the key")
+    timeout_s: float = Field(gt=0.0)
+    max_retries: int = Field(ge=0, le=20)
+    requests_per_minute: float = Field(gt=0.0)
+    num_frames: int = Field(ge=1, le=32, description="frames sent per clip")
+    max_tokens: int = Field(ge=16)
+
+
+class LocalCaptionParams(Params):
+    model_path: str | None = Field(description="local folder of a transformers VLM")
+    num_frames: int = Field(ge=1, le=32)
+    max_new_tokens: int = Field(ge=16)
+
+
+class CaptionsParams(Params):
+    backend: Literal["sidecar", "openai", "local"]
+    openai: OpenAICaptionParams
+    local: LocalCaptionParams
+
+
+class PyramidLevel(Params):
+    """One level: the clips of the looser level before it that pass these limits. A null
+    limit is no limit; a limit on a score that was not evaluated is off (and reported)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    min_aesthetic: float | None = None
+    min_motion: float | None = None
+    max_motion: float | None = None
+    min_laplacian_var: float | None = Field(
+        default=None, description="a frame below is blurry; the clip is when most frames are"
+    )
+    max_text_area: float | None = None
+    max_jitter: float | None = None
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    min_side: int | None = Field(default=None, description="shorter side at least, px")
+    require_caption: bool = False
+
+
+class PyramidParams(Params):
+    levels: list[PyramidLevel] = Field(min_length=1, description="from loosest to strictest")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PyramidParams":
+        names = [level.name for level in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"level names must be unique, got {names}")
+        return self
+
+
+class StatsParams(Params):
+    bins: int = Field(ge=2, le=200, description="histogram bins")
+
+
 class DataParams(Params):
     synth: SynthParams
     ingest: IngestParams
+    preprocess: PreprocessParams
+    shots: ShotsParams
+    clips: ClipsParams
+    runner: RunnerParams
+    scores: ScoresParams
+    captions: CaptionsParams
+    pyramid: PyramidParams
+    stats: StatsParams

@@ -1,0 +1,43 @@
+"""The contract every row-wise step of the data pyramid follows.
+
+An operator turns one input row (a dict of an input table's columns) into zero or more rows
+of its output table. The runner (`osora.data.runner`) maps it over a table in worker processes,
+commits results in batches and resumes after a crash. Operators are plain picklable objects:
+construct them from params in the parent, load models in `setup()`, which each worker calls
+once.
+
+    class MotionScorer(Operator):
+        output_table = "score_motion"
+        def process(self, row): return [{"id": row["id"], "motion": ...}]
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+Row = dict[str, Any]
+
+
+class OperatorError(Exception):
+    """This input row cannot be processed; `reason` says why. The runner quarantines the row
+    with the reason and carries on with the others."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Operator(ABC):
+    #: Name of the table the rows of `process` belong to (its schema is in osora.schemas).
+    output_table: str
+
+    def setup(self) -> None:
+        """Load models or other heavy state; called once in each worker before any row."""
+
+    @abstractmethod
+    def process(self, row: Row) -> list[Row]:
+        """Output rows for one input row; raise OperatorError to quarantine the input."""
+
+    def describe(self) -> dict[str, Any]:
+        """What determines this operator's output besides its input (for resumption: work
+        done under other settings is not reused). Defaults to the instance's attributes."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
