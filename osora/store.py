@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
+from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -127,6 +129,16 @@ class Store:
         else:
             self._fs().get_file(uri, str(dest))
         return dest
+
+    @contextmanager
+    def local_path(self, uri: str) -> Iterator[Path]:
+        """A local path for a stored file: the file itself in a local store, a temporary
+        download (removed afterwards) in object storage."""
+        if "://" not in uri:
+            yield Path(uri)
+            return
+        with tempfile.TemporaryDirectory(prefix="osora-") as tmp:
+            yield self.fetch_file(uri, Path(tmp) / Path(uri).name)
 
     def _fs(self):
         """An fsspec filesystem for this store's object storage, from the same options."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 # moto's server in its own process: a crash or a `mock_aws` elsewhere in the test process cannot
 # reset its buckets, and requests from Lance's Rust client do not wait on the test's GIL. It
 # binds an ephemeral port on 127.0.0.1 only, prints it, and stops when its stdin closes.
@@ -107,3 +109,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
 
 def _tail(path: Path, n: int = 2000) -> str:
     return path.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory):
+    """The synthetic demo set of the tiny profile, generated once per test process.
+
+    Returns (folder, list of SynthVideo). Treat it as read-only: copy files before changing.
+    """
+    from osora.config import load_settings
+    from osora.data.synth import generate
+
+    folder = tmp_path_factory.mktemp("synth")
+    videos = generate(load_settings(params_dir=REPO_ROOT / "params").data.synth, folder)
+    return folder, videos

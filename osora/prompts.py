@@ -1,0 +1,20 @@
+"""The one text format that carries fps and motion score into the model (RECIPE §1, §5.3).
+
+Training captions and inference prompts both go through `conditioned_text`, so the model sees
+the same format at both ends. (The reference code trains on "<caption> 24 FPS, 4 motion
+score." but samples with "<prompt>. 24 FPS. 4 motion score." — osora keeps the training form.)
+"""
+
+MAX_FPS_IN_TEXT = 24  # the reference caps the stated frame rate at 24
+
+
+def conditioned_text(caption: str, fps: float, motion_score: float | None) -> str:
+    """"<caption> 24 FPS, 4 motion score." — fps capped at 24 and motion rounded, as in the
+    reference; without a motion score only the fps is stated."""
+    caption = caption.strip()
+    if not caption:
+        raise ValueError("an empty caption cannot be conditioned; caption the clip first")
+    fps_part = f"{round(min(fps, MAX_FPS_IN_TEXT))} FPS"
+    if motion_score is None:
+        return f"{caption} {fps_part}."
+    return f"{caption} {fps_part}, {round(motion_score)} motion score."
