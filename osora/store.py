@@ -235,14 +235,22 @@ class Store:
         log.info("%s: %s -> version %d", uri, mode, dataset.version)
         return dataset.version
 
-    def sync(self, name: str, data: pa.Table | pa.RecordBatchReader, key: str = "id") -> int:
+    def sync(
+        self,
+        name: str,
+        data: pa.Table | pa.RecordBatchReader,
+        key: str = "id",
+        *,
+        update_matched: bool = False,
+    ) -> int:
         """Make the table's rows equal `data` by `key` and return the resulting version.
 
-        Keys new to the table are inserted, keys missing from `data` are deleted, and rows whose
-        key is already there are left untouched, all in one commit (Lance merge_insert). That
-        makes a stage idempotent: ingesting the same files twice adds nothing. When nothing
-        changes, no commit is made and the current version is returned, so a rerun does not
-        change the table. Creates the table if it does not exist.
+        Keys new to the table are inserted, keys missing from `data` are deleted, all in one
+        commit (Lance merge_insert). Rows whose key is already there are left untouched (so
+        ingesting the same files twice adds nothing and keeps their first `ingested_at`), or,
+        with `update_matched`, replaced by `data`'s values (derived tables, whose values change
+        with params). When nothing changes, no commit is made and the current version is
+        returned, so a rerun does not change the table. Creates the table if it does not exist.
         """
         table = _conform(name, data)
         if isinstance(table, pa.RecordBatchReader):
@@ -268,15 +276,17 @@ class Store:
         n_insert = len(new) - (pc.sum(pc.is_in(new, value_set=old)).as_py() or 0)
         n_delete = len(old) - (pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
         uri = self.table_uri(name)
-        if n_insert == 0 and n_delete == 0:
+        unchanged = n_insert == 0 and n_delete == 0
+        if unchanged and update_matched:
+            current = dataset.to_table().sort_by(key)
+            unchanged = current.select(table.column_names).equals(table.sort_by(key))
+        if unchanged:
             log.info("%s: sync found nothing to change, still version %d", uri, dataset.version)
             return dataset.version
-        (
-            dataset.merge_insert(key)
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete()
-            .execute(table)
-        )
+        merge = dataset.merge_insert(key).when_not_matched_insert_all()
+        if update_matched:
+            merge = merge.when_matched_update_all()
+        merge.when_not_matched_by_source_delete().execute(table)
         log.info("%s: sync +%d -%d -> version %d", uri, n_insert, n_delete, dataset.version)
         return dataset.version
 

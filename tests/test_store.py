@@ -225,3 +225,20 @@ def test_files_round_trip_beside_the_tables(store, tmp_path):
     assert back.read_bytes() == local.read_bytes()
     with pytest.raises(ValueError, match="bad file key"):
         store.file_uri("../escape.mp4")
+
+
+def test_sync_update_matched_replaces_changed_values(store):
+    from osora.schemas import schema_of
+
+    def motion(values):
+        rows = [{"id": k, "motion": v} for k, v in values.items()]
+        return pa.Table.from_pylist(rows, schema=schema_of("score_motion"))
+
+    v1 = store.sync("score_motion", motion({"a": 1.0, "b": 2.0}), update_matched=True)
+    assert store.sync("score_motion", motion({"a": 1.0, "b": 2.0}), update_matched=True) == v1
+    store.sync("score_motion", motion({"a": 1.0, "b": 5.0}), update_matched=True)
+    got = dict(zip(*store.read("score_motion").sort_by("id").to_pydict().values()))
+    assert got == {"a": 1.0, "b": 5.0}
+    # Without update_matched the first value stays (what ingest wants).
+    store.sync("score_motion", motion({"a": 9.0, "b": 5.0}))
+    assert store.read("score_motion").sort_by("id").column("motion").to_pylist() == [1.0, 5.0]
