@@ -22,10 +22,12 @@ from pydantic import BaseModel
 
 from osora.config import Settings
 from osora.cost import cost_metrics, detect_resources
-from osora.lineage import TableRef, write_receipt
+from osora.lineage import TableRef, read_receipt, write_receipt
 from osora.paths import project_root, workspace_root
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from osora.store import Store
 
 
@@ -89,6 +91,13 @@ class StageRun:
             f"lance.input.{ref.table}.version": ref.version,
             f"lance.input.{ref.table}.uri": ref.uri,
         })
+
+    def read_input(self, store: "Store", receipt: Path, table: str) -> "pa.Table":
+        """The version of `table` that an upstream stage's receipt pins, logged as this run's
+        input: every stage reads exactly what the DVC graph says it depends on."""
+        ref = read_receipt(receipt)[table]
+        self.log_input(ref)
+        return store.read(table, version=ref.version)
 
     def log_output(self, store: "Store", table: str, version: int) -> TableRef:
         """Tag the table version this run produced with `<stage>-<run id>` and record it."""

@@ -127,19 +127,24 @@ def test_cli_reports_config_errors_in_one_line_and_exit_2():
 
 
 def test_dvc_tracks_the_keys_each_stage_reads():
-    """Each pipeline script names the settings section it reads (PARAMS); dvc.yaml must list
-    exactly that section as a params dependency of the same stage."""
+    """Each pipeline script names the settings section it reads (PARAMS, with `{...}` filled
+    by a foreach stage's item); dvc.yaml must list that section as a params dependency."""
     import importlib.util
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages, "dvc.yaml declares no stage"
     for name, stage in stages.items():
+        items, body = (stage["foreach"], stage["do"]) if "foreach" in stage else ([None], stage)
         script = REPO / "pipelines" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"pipelines_{name}", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert module.STAGE == name
-        section, key = module.PARAMS.split(".", 1)
-        declared = [p for p in stage["params"] if isinstance(p, dict)]
-        tracked = {f: keys for d in declared for f, keys in d.items()}
-        assert key in (tracked.get(f"params/{section}.yaml") or []), (name, tracked)
+        for item in items:
+            section, key = re.sub(r"\{\w+\}", str(item), module.PARAMS).split(".", 1)
+            declared = [p for p in body["params"] if isinstance(p, dict)]
+            tracked = {
+                f: [k.replace("${item}", str(item)) for k in keys or []]
+                for d in declared for f, keys in d.items()
+            }
+            assert key in tracked.get(f"params/{section}.yaml", []), (name, item, tracked)

@@ -1,0 +1,61 @@
+"""What every table-writing data stage does after its own work: store, tag, count, log.
+
+    with stage_run("shots", settings, PARAMS) as run:
+        videos = run.read_input(store, args.videos, "videos")
+        result = run_operator(ShotDetector(...), videos, stage="shots", store=store, ...)
+        publish(run, store, {"shots": result.rows}, result, args.receipt, args.metrics)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from osora.fileio import atomic_write_json
+
+if TYPE_CHECKING:
+    from osora.data.runner import RunResult
+    from osora.store import Store
+    from osora.tracking import StageRun
+
+
+def publish(
+    run: StageRun,
+    store: Store,
+    tables: dict[str, pa.Table],
+    result: RunResult | None,
+    receipt: Path,
+    metrics_path: Path,
+    metrics: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Sync each table (and the run's quarantine) into the store, tag and record the versions,
+    log the counts to MLflow and write the receipt and the DVC metrics file."""
+    out: dict[str, float] = dict(metrics or {})
+    if result is not None:
+        tables = {**tables, f"{run.stage}_quarantine": result.quarantine}
+        out.update(
+            quarantined=result.quarantine.num_rows,
+            processed=result.processed,
+            resumed=result.resumed,
+            seconds=round(result.seconds, 3),
+        )
+    for name, table in tables.items():
+        version = store.sync(name, table, key="id", update_matched=True)
+        run.log_output(store, name, version)
+        out[f"rows.{name}"] = table.num_rows
+    run.log_metrics(out)
+    run.write_receipt(receipt)
+    atomic_write_json(metrics_path, out)
+    return out
+
+
+def say(run: StageRun, lines: list[str]) -> None:
+    """Notes a person must see (e.g. a filter that is off): printed and kept in MLflow."""
+    import mlflow
+
+    for line in lines:
+        print(f"[{run.stage}] {line}", flush=True)
+    if lines:
+        mlflow.set_tag("osora.notes", " | ".join(lines)[:5000])

@@ -1,0 +1,42 @@
+"""DVC stage `clips`: cut shots into 2–8 s H.264 clips in the artifact store."""
+
+import argparse
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from osora.config import load_settings
+from osora.data.clips import ClipCutter, clip_inputs
+from osora.data.runner import run_operator
+from osora.data.stage import publish
+from osora.store import Store
+from osora.tracking import stage_run
+
+STAGE = "clips"
+PARAMS = "data.clips"  # the settings section this stage reads; dvc.yaml tracks the same keys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--videos", type=Path, required=True, help="receipt of the videos table")
+    parser.add_argument("--shots", type=Path, required=True, help="receipt of the shots table")
+    parser.add_argument("--receipt", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    store = Store.from_settings(settings.store)
+    with stage_run(STAGE, settings, PARAMS) as run:
+        videos = run.read_input(store, args.videos, "videos")
+        shots = run.read_input(store, args.shots, "shots")
+        inputs = clip_inputs(videos, shots)
+        cutter = ClipCutter(settings.data.clips, settings.store)
+        result = run_operator(cutter, inputs, stage=STAGE, store=store,
+                              params=settings.data.runner)
+        seconds = pc.sum(result.rows.column("duration_s")).as_py() or 0.0
+        publish(run, store, {"clips": result.rows}, result, args.receipt, args.metrics,
+                {"videos": inputs.num_rows, "clip_seconds": round(seconds, 3)})
+
+
+if __name__ == "__main__":
+    main()

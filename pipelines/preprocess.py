@@ -1,0 +1,38 @@
+"""DVC stage `preprocess`: the keep/drop verdict of RECIPE §1 for every ingested video."""
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from osora.config import load_settings
+from osora.data.preprocess import preprocess_table
+from osora.data.stage import publish
+from osora.store import Store
+from osora.tracking import stage_run
+
+STAGE = "preprocess"
+PARAMS = "data.preprocess"  # the settings section this stage reads; dvc.yaml tracks the same keys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--videos", type=Path, required=True, help="receipt of the videos table")
+    parser.add_argument("--receipt", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    store = Store.from_settings(settings.store)
+    with stage_run(STAGE, settings, PARAMS) as run:
+        videos = run.read_input(store, args.videos, "videos")
+        verdicts = preprocess_table(videos, settings.data.preprocess)
+        dropped = Counter(
+            r.split(",")[0].split(":")[0] for r in verdicts.column("reason").to_pylist() if r
+        )
+        kept = verdicts.num_rows - sum(dropped.values())
+        counts = {"kept": kept, **{f"dropped.{reason}": n for reason, n in dropped.items()}}
+        publish(run, store, {"preprocess": verdicts}, None, args.receipt, args.metrics, counts)
+
+
+if __name__ == "__main__":
+    main()

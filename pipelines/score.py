@@ -1,0 +1,54 @@
+"""DVC stage `score@<scorer>`: one score filter's measurements for every clip.
+
+A scorer that cannot run (no weights configured) says why, here and in MLflow, and writes null
+scores: its filter is then off in the pyramid. It never makes a number up.
+"""
+
+import argparse
+from pathlib import Path
+
+import pyarrow as pa
+
+from osora.config import load_settings
+from osora.data.runner import run_operator
+from osora.data.scores import SCORERS
+from osora.data.stage import publish, say
+from osora.schemas import schema_of
+from osora.store import Store
+from osora.tracking import stage_run
+
+STAGE = "score"
+PARAMS = "data.scores.{scorer}"  # the section this stage reads; dvc.yaml tracks the same keys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scorer", choices=sorted(SCORERS), required=True)
+    parser.add_argument("--clips", type=Path, required=True, help="receipt of the clips table")
+    parser.add_argument("--receipt", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    store = Store.from_settings(settings.store)
+    stage = f"score_{args.scorer}"
+    with stage_run(stage, settings, PARAMS.format(scorer=args.scorer)) as run:
+        clips = run.read_input(store, args.clips, "clips")
+        scorer = SCORERS[args.scorer](getattr(settings.data.scores, args.scorer), settings.store)
+        table = scorer.output_table
+        unavailable = scorer.available()
+        if unavailable:
+            say(run, [f"{unavailable}; filter off"])
+            nulls = pa.Table.from_pylist([{"id": i} for i in clips.column("id").to_pylist()],
+                                         schema=schema_of(table))
+            publish(run, store, {table: nulls}, None, args.receipt, args.metrics,
+                    {"evaluated": 0})
+            return
+        result = run_operator(scorer, clips, stage=stage, store=store,
+                              params=settings.data.runner)
+        publish(run, store, {table: result.rows}, result, args.receipt, args.metrics,
+                {"evaluated": 1})
+
+
+if __name__ == "__main__":
+    main()
