@@ -23,6 +23,8 @@ VIDEOS = pa.schema(
         pa.field("width", pa.int32()),
         # Frame height in pixels.
         pa.field("height", pa.int32()),
+        # Display rotation in degrees from the container (width/height are as displayed).
+        pa.field("rotation", pa.int32()),
         # Number of frames in the first video stream (counted or estimated).
         pa.field("num_frames", pa.int64()),
         # Video codec name as the decoder reports it, e.g. "h264".

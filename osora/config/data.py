@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from osora.config.base import Params
 
@@ -20,9 +20,22 @@ class SynthParams(Params):
 
 
 class IngestParams(Params):
-    """Registering raw videos in the `videos` table."""
+    """Registering raw videos in the `videos` table (the source itself, a folder, glob,
+    manifest or s3:// prefix, is the stage's input argument, not a param)."""
 
-    extensions: list[str] = Field(min_length=1, description="file suffixes taken as videos")
+    extensions: list[str] = Field(
+        min_length=1,
+        description="file suffixes taken as videos in folders, globs and s3:// prefixes, e.g. "
+        "'.mp4' (case-insensitive); a manifest's files are taken as listed",
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, extensions: list[str]) -> list[str]:
+        bad = [e for e in extensions if not e.startswith(".") or len(e) < 2 or "/" in e]
+        if bad:
+            raise ValueError(f"extensions must look like '.mp4', got {bad}")
+        return extensions
 
 
 class PreprocessParams(Params):
@@ -33,15 +46,31 @@ class PreprocessParams(Params):
     min_fps: float = Field(ge=0.0, description="drop lower frame rates")
     min_aspect_ratio: float = Field(gt=0.0, description="drop when w/h is lower")
     max_aspect_ratio: float = Field(gt=0.0, description="drop when w/h is higher")
-    drop_profiles: list[str] = Field(description="H.264 profiles to drop, as PyAV names them")
+    drop_profiles: list[str] = Field(
+        description="H.264 profiles to drop, as PyAV names them (case-insensitive)"
+    )
+
+    @model_validator(mode="after")
+    def _aspect_range(self) -> "PreprocessParams":
+        if self.max_aspect_ratio < self.min_aspect_ratio:
+            raise ValueError("max_aspect_ratio must be ≥ min_aspect_ratio")
+        return self
 
 
 class ShotsParams(Params):
     """Scene-cut detection and black-border detection in one decode pass."""
 
-    scene_threshold: float = Field(gt=0.0, le=100.0, description="ffmpeg scdet score for a cut")
-    analysis_width: int = Field(ge=32, le=1920, description="frames are downscaled to this width")
+    scene_threshold: float = Field(
+        gt=0.0, le=100.0, description="a frame whose ffmpeg scdet score exceeds this is a cut"
+    )
+    analysis_width: int = Field(
+        ge=32, le=1920, description="scdet sees frames downscaled to this width (never upscaled)"
+    )
     border_limit: int = Field(ge=0, le=255, description="cropdetect: luma at or below is black")
+    threads: int = Field(
+        ge=0, le=64, description="ffmpeg threads per video: 1 suits one runner worker per core; "
+        "0 lets ffmpeg choose"
+    )
 
 
 class ClipsParams(Params):
@@ -52,7 +81,14 @@ class ClipsParams(Params):
     max_fps: float = Field(gt=0.0, description="clips above this frame rate are resampled")
     max_side: int = Field(ge=64, description="longer side of a clip at most, px")
     crf: int = Field(ge=0, le=51, description="x264 CRF of the clip files")
-    preset: str = Field(description="x264 preset of the clip files")
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+        "veryslow", "placebo",
+    ] = Field(description="x264 preset of the clip files")
+    threads: int = Field(
+        ge=0, le=64, description="ffmpeg threads per video: 1 suits one runner worker per core; "
+        "0 lets ffmpeg choose"
+    )
 
     @model_validator(mode="after")
     def _durations(self) -> "ClipsParams":
@@ -74,25 +110,58 @@ class RunnerParams(Params):
 
 
 class AestheticParams(Params):
-    clip_path: str | None = Field(description="local folder of a CLIP ViT-L/14 (transformers)")
+    """CLIP ViT-L/14 image embeddings of the first, middle and last frame → the LAION aesthetic
+    MLP head. Both paths null: no weights, the scorer writes null scores and the filter is off."""
+
+    clip_path: str | None = Field(
+        description="local folder of a CLIP ViT-L/14 (transformers save_pretrained layout, "
+        "safetensors); never a hub id"
+    )
     head_path: str | None = Field(description="safetensors file of the aesthetic MLP head")
+    device: str = Field(
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$", description='torch device, e.g. "cpu" or "cuda"'
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "AestheticParams":
+        if (self.clip_path is None) != (self.head_path is None):
+            raise ValueError("set both clip_path and head_path (the filter on), or neither (off)")
+        return self
 
 
 class MotionParams(Params):
-    analysis_width: int = Field(ge=32, description="frames are downscaled to this width")
+    """ffmpeg's vmafmotion: mean absolute change of blurred luma between consecutive frames."""
+
+    analysis_width: int = Field(
+        ge=32, description="frames wider than this are downscaled to it (never upscaled)"
+    )
 
 
 class BlurParams(Params):
+    """Variance of the Laplacian per frame; the pyramid's threshold decides which are blurry."""
+
     num_frames: int = Field(ge=1, le=64, description="uniformly spaced frames measured")
 
 
 class OcrParams(Params):
-    min_confidence: float = Field(ge=0.0, le=1.0, description="boxes below are ignored")
+    """RapidOCR (packaged PP-OCR models) on a few frames; text area as a fraction of the frame."""
+
+    min_confidence: float = Field(
+        ge=0.0, le=1.0, description="boxes recognised with this confidence or less are ignored"
+    )
     num_frames: int = Field(ge=1, le=16, description="uniformly spaced frames read")
+    threads: int = Field(
+        ge=0, le=64, description="ONNX Runtime threads per runner worker: 1 suits one worker "
+        "per core; 0 lets ONNX Runtime choose"
+    )
 
 
 class JitterParams(Params):
-    analysis_width: int = Field(ge=32, description="frames are downscaled to this width")
+    """PySceneDetect's ContentDetector frame-to-frame change (HSV), averaged over the clip."""
+
+    analysis_width: int = Field(
+        ge=32, description="frames wider than this are downscaled to it (never upscaled)"
+    )
 
 
 class ScoresParams(Params):
@@ -107,26 +176,61 @@ class OpenAICaptionParams(Params):
     """An OpenAI-compatible chat endpoint (vLLM, a hosted Qwen). The key comes from the
     environment variable named by `api_key_env`, never from this file."""
 
-    base_url: str | None = Field(description="e.g. http://127.0.0.1:8000/v1")
+    base_url: str | None = Field(
+        description="e.g. http://127.0.0.1:8000/v1 (the part before /chat/completions)"
+    )
     model: str = Field(min_length=1)
-    api_key_env: str = Field(description="name of the environment variable holding the key")
-    timeout_s: float = Field(gt=0.0)
-    max_retries: int = Field(ge=0, le=20)
-    requests_per_minute: float = Field(gt=0.0)
+    api_key_env: str = Field(
+        description="name of the environment variable holding the key; unset: no auth header"
+    )
+    timeout_s: float = Field(gt=0.0, description="per request (connect, then between bytes)")
+    max_retries: int = Field(
+        ge=0, le=20, description="retries after the first try (timeouts, 429, 5xx, bad replies)"
+    )
+    backoff_s: float = Field(
+        gt=0.0, description="wait before the first retry; doubles each retry, plus jitter"
+    )
+    max_backoff_s: float = Field(gt=0.0, description="longest wait between tries")
+    requests_per_minute: float = Field(
+        gt=0.0,
+        description="client-side limit per process; each runner worker has its own, so set "
+        "the endpoint's limit divided by runner.workers",
+    )
     num_frames: int = Field(ge=1, le=32, description="frames sent per clip")
     max_tokens: int = Field(ge=16)
 
+    @model_validator(mode="after")
+    def _backoff(self) -> "OpenAICaptionParams":
+        if self.max_backoff_s < self.backoff_s:
+            raise ValueError("max_backoff_s must be ≥ backoff_s")
+        return self
+
 
 class LocalCaptionParams(Params):
-    model_path: str | None = Field(description="local folder of a transformers VLM")
+    model_path: str | None = Field(
+        description="local folder of a transformers VLM (save_pretrained layout); never a hub id"
+    )
     num_frames: int = Field(ge=1, le=32)
     max_new_tokens: int = Field(ge=16)
+    device: str = Field(description='torch device, e.g. "cpu" or "cuda"')
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(description="weights' dtype")
 
 
 class CaptionsParams(Params):
+    """Captioning clips (RECIPE §1): the clip's own sidecar/manifest caption, or a VLM behind
+    an OpenAI-compatible endpoint, or a local transformers VLM; one prompt for both VLMs."""
+
     backend: Literal["sidecar", "openai", "local"]
     openai: OpenAICaptionParams
     local: LocalCaptionParams
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> "CaptionsParams":
+        if self.backend == "openai" and not self.openai.base_url:
+            raise ValueError("backend is openai but openai.base_url is null: set the endpoint")
+        if self.backend == "local" and not self.local.model_path:
+            raise ValueError("backend is local but local.model_path is null: set a model folder")
+        return self
 
 
 class PyramidLevel(Params):

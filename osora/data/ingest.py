@@ -1,21 +1,295 @@
 """Ingest: register raw videos in the `videos` table, one row per distinct file content.
 
+A source is any of
+
+- a local folder: every file under it (recursively) with one of the video extensions;
+- a glob, e.g. "data/raw/**/*.mp4" (`**` spans folders): the matching files with a video
+  extension;
+- a manifest, a .csv or .parquet table with a `path` column and optionally a `caption` column:
+  exactly the files listed (any extension), relative paths resolved against the manifest's
+  folder, s3:// URIs allowed;
+- an s3://bucket/prefix (or an s3:// glob): the objects under it with a video extension, read
+  with the endpoint and credentials of the store settings.
+
 The row id is a hash of the file's bytes, so ingesting the same files again (or a copy under
-another name) adds nothing. A file that cannot be read still gets a row, with `probe_error`
-saying why: nothing is dropped silently.
+another name, or in another place) adds nothing; such copies are counted as duplicates. `uri`
+keeps where the file is: an absolute local path or its s3:// URI. Objects in S3 are downloaded
+to a temporary file to be hashed and probed, then removed. A caption comes from the manifest,
+else from a sidecar `<stem>.txt` beside the video. A file that cannot be read as a video still
+gets a row, with `probe_error` saying why: nothing is dropped silently.
 """
 
+from __future__ import annotations
+
+import glob
 import hashlib
-from collections.abc import Iterable
+import logging
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from osora.media.probe import ProbeError, probe
 from osora.schemas import schema_of
 
+if TYPE_CHECKING:
+    from osora.config.store import StoreSettings
+
+log = logging.getLogger(__name__)
+
 CHUNK = 1 << 20
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+GLOB_CHARS = "*?["
+SOURCE_HELP = (
+    "give a folder of videos, a glob such as 'data/raw/**/*.mp4' (quoted in the shell), a .csv "
+    "or .parquet manifest with a 'path' column, or an s3://bucket/prefix"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file to ingest: its location (absolute local path or s3:// URI) and the caption a
+    manifest gave it (None: look for a sidecar)."""
+
+    uri: str
+    caption: str | None = None
+
+
+def ingest(
+    source: str | os.PathLike,
+    extensions: Iterable[str],
+    *,
+    store_settings: StoreSettings | None = None,
+) -> tuple[pa.Table, int]:
+    """Rows for the `videos` table from `source` (see the module docstring), and the number of
+    files skipped because their content was already ingested under another name.
+
+    `store_settings.s3` (endpoint, region, credentials) is used for s3:// sources; without it the
+    usual AWS environment variables and credential chain apply.
+    """
+    files = Files(store_settings)
+    return video_rows(list_source(str(source), extensions, files), files)
+
+
+# -- listing sources ---------------------------------------------------------------------------
+
+
+def list_source(source: str, extensions: Iterable[str], files: Files) -> list[Candidate]:
+    """The files a source names, in a stable order (folder, glob and prefix listings sorted,
+    a manifest in its own order), so the first of several copies is always the one kept."""
+    if "://" in source:
+        return [Candidate(uri) for uri in files.list_s3(source, extensions)]
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return [Candidate(str(p)) for p in find_videos(path, extensions)]
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return read_manifest(path)
+    if path.is_file():
+        raise ValueError(
+            f"ingest source {source!r} is a file but not a manifest "
+            f"({' or '.join(MANIFEST_SUFFIXES)}): {SOURCE_HELP}"
+        )
+    if any(c in source for c in GLOB_CHARS):
+        return [Candidate(str(p)) for p in glob_videos(source, extensions)]
+    raise FileNotFoundError(f"ingest source {source!r} does not exist: {SOURCE_HELP}")
+
+
+def find_videos(folder: Path, extensions: Iterable[str]) -> list[Path]:
+    """Video files directly or deeper under `folder`, in a stable order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"video folder {folder} does not exist; check the stage's input")
+    return _video_files(folder.rglob("*"), extensions)
+
+
+def glob_videos(pattern: str, extensions: Iterable[str]) -> list[Path]:
+    """Video files matching a glob (`**` spans folders), in a stable order. A pattern that
+    matches nothing is an error: it is far more often a typo than an empty data set."""
+    matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+    if not matches:
+        raise FileNotFoundError(
+            f"ingest source {pattern!r} matches no files: check the pattern (use '**' for "
+            "subfolders, and quote it so the shell does not expand it)"
+        )
+    return _video_files(map(Path, matches), extensions)
+
+
+def _video_files(paths: Iterable[Path], extensions: Iterable[str]) -> list[Path]:
+    """Absolute paths of the regular files among `paths` with a video suffix, sorted. Names
+    that are not valid UTF-8 cannot be stored as a `uri` string: they are skipped with a
+    warning naming them (rename them to ingest them)."""
+    suffixes = {e.lower() for e in extensions}
+    found = []
+    for path in paths:
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        if not _utf8(str(path)):
+            log.warning("skipping %r: its name is not valid UTF-8; rename it", os.fsencode(path))
+            continue
+        found.append(path.resolve())
+    return sorted(found)
+
+
+def read_manifest(path: Path) -> list[Candidate]:
+    """Candidates from a .csv/.parquet manifest: its `path` column (relative paths resolve
+    against the manifest's folder) and optional `caption` column (empty cells: none)."""
+    table = _read_table(path)
+    if "path" not in table.column_names:
+        raise ValueError(
+            f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)}): "
+            "name the column of video paths 'path'"
+        )
+    if table.num_rows == 0:
+        raise ValueError(f"manifest {path} has no rows: list one video per row under 'path'")
+    paths = table.column("path").cast(pa.string()).to_pylist()
+    captions = (
+        table.column("caption").cast(pa.string()).to_pylist()
+        if "caption" in table.column_names
+        else [None] * len(paths)
+    )
+    base = path.resolve().parent
+    candidates = []
+    for row, (entry, caption) in enumerate(zip(paths, captions, strict=True), start=1):
+        if entry is None or not entry.strip():
+            raise ValueError(f"manifest {path}: row {row} has an empty 'path'; fill or remove it")
+        candidates.append(Candidate(_resolve(entry.strip(), base), _text(caption)))
+    _check_listed_files_exist(path, candidates)
+    return candidates
+
+
+def _read_table(path: Path) -> pa.Table:
+    """A manifest as an Arrow table; `path` and `caption` read as text (so "0001" stays a
+    name, not a number)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        text_columns = {"path": pa.string(), "caption": pa.string()}
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=text_columns))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(
+            f"manifest {path} cannot be read as {path.suffix.lower()[1:]}: {err}; a manifest is "
+            "a table with a header row and a 'path' column (and optionally 'caption')"
+        ) from None
+
+
+def _resolve(entry: str, base: Path) -> str:
+    """A manifest entry as an absolute local path or an s3:// URI."""
+    if "://" in entry:
+        _check_scheme(entry)
+        return entry
+    path = Path(entry).expanduser()
+    return str((path if path.is_absolute() else base / path).resolve())
+
+
+def _check_listed_files_exist(manifest: Path, candidates: list[Candidate]) -> None:
+    """Fail before any work when local files a manifest lists are missing: the manifest is
+    wrong, and a missing file has no content to give it an id."""
+    missing = [c.uri for c in candidates if "://" not in c.uri and not Path(c.uri).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"manifest {manifest} lists {len(missing)} files that do not exist, e.g. "
+            f"{', '.join(missing[:3])}: fix the paths (relative ones are read against the "
+            "manifest's folder) or remove the rows"
+        )
+
+
+# -- reading files, local or in S3 -------------------------------------------------------------
+
+
+class Files:
+    """Reads local files and S3 objects alike; the S3 filesystem is made on first use, with the
+    store's options (`osora.store.Store`), so one endpoint/credential setting serves both."""
+
+    def __init__(self, store_settings: StoreSettings | None = None):
+        self._settings = store_settings
+        self._fs: Any = None
+
+    @property
+    def s3(self) -> Any:
+        """An s3fs filesystem for the configured endpoint and credentials."""
+        if self._fs is None:
+            from osora.config.store import S3Settings
+            from osora.store import Store, lance_s3_options
+
+            s3 = self._settings.s3 if self._settings is not None else S3Settings()
+            self._fs = Store("s3://", lance_s3_options(s3))._fs()
+        return self._fs
+
+    def list_s3(self, source: str, extensions: Iterable[str]) -> list[str]:
+        """s3:// URIs of the video objects under a prefix (or matching an s3:// glob), sorted.
+        A prefix holding no objects at all is an error (S3 cannot tell it from a typo)."""
+        _check_scheme(source)
+        suffixes = {e.lower() for e in extensions}
+        try:
+            keys = (
+                self.s3.glob(source) if any(c in source for c in GLOB_CHARS)
+                else self.s3.find(source)
+            )
+        except (FileNotFoundError, PermissionError) as err:
+            raise type(err)(
+                f"ingest source {source!r} cannot be listed ({err}): check the bucket and "
+                "prefix, and store.s3 (endpoint_url, credentials)"
+            ) from None
+        if not keys:
+            raise FileNotFoundError(
+                f"ingest source {source!r} holds no objects: check the bucket and prefix, and "
+                "store.s3.endpoint_url"
+            )
+        return sorted(
+            f"s3://{key}" for key in keys if posixpath.splitext(key)[1].lower() in suffixes
+        )
+
+    @contextmanager
+    def local(self, uri: str) -> Iterator[Path]:
+        """A local path with the file's bytes: the file itself, or a temporary download of an
+        S3 object, removed on exit. The download gets a plain name (the object's own name may
+        be long or odd); only a simple suffix is kept, a hint for container detection."""
+        if "://" not in uri:
+            yield Path(uri)
+            return
+        suffix = posixpath.splitext(uri)[1]
+        suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
+        with tempfile.TemporaryDirectory(prefix="osora-ingest-") as tmp:
+            local = Path(tmp) / f"video{suffix}"
+            try:
+                self.s3.get_file(uri, str(local))
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{uri} does not exist: fix the manifest entry or the source"
+                ) from None
+            yield local
+
+    def sidecar_caption(self, uri: str) -> str | None:
+        """The caption in <stem>.txt beside the file, if there is one."""
+        if "://" not in uri:
+            return sidecar_caption(Path(uri))
+        try:
+            data = self.s3.cat_file(posixpath.splitext(uri)[0] + ".txt")
+        except FileNotFoundError:
+            return None
+        return _text(data.decode("utf-8", errors="replace"))
+
+
+def sidecar_caption(video: Path) -> str | None:
+    """The caption in <video stem>.txt beside the video, if there is one (bytes that are not
+    UTF-8 are replaced, not fatal)."""
+    sidecar = video.with_suffix(".txt")
+    return _text(sidecar.read_text(encoding="utf-8", errors="replace")) if sidecar.is_file() \
+        else None
+
+
+# -- rows --------------------------------------------------------------------------------------
 
 
 def content_id(path: Path) -> str:
@@ -27,45 +301,65 @@ def content_id(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def find_videos(folder: Path, extensions: Iterable[str]) -> list[Path]:
-    """Video files directly or deeper under `folder`, in a stable order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"video folder {folder} does not exist; check the stage's input")
-    suffixes = {e.lower() for e in extensions}
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-
-
-def sidecar_caption(video: Path) -> str | None:
-    """The caption in <video stem>.txt beside the video, if there is one."""
-    sidecar = video.with_suffix(".txt")
-    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
-
-
-def video_rows(paths: list[Path]) -> tuple[pa.Table, int]:
+def video_rows(candidates: Iterable[Candidate], files: Files | None = None) -> tuple[pa.Table, int]:
     """Rows for the `videos` table and the number of files skipped as duplicate content."""
+    files = files or Files()
     now = datetime.now(timezone.utc)
-    rows, seen = [], set()
-    for path in paths:
-        vid = content_id(path)
-        if vid in seen:
-            continue
-        seen.add(vid)
-        row = {
-            "id": vid,
-            "uri": str(path.resolve()),
-            "size_bytes": path.stat().st_size,
-            "caption": sidecar_caption(path),
-            "ingested_at": now,
-        }
-        try:
-            info = probe(path)
-            row.update(
-                duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
-                num_frames=info.num_frames, codec=info.codec, profile=info.profile,
-                bit_rate=info.bit_rate,
-            )
-        except ProbeError as err:
-            row["probe_error"] = err.reason
+    rows, seen, duplicates = [], set(), 0
+    for candidate in candidates:
+        with files.local(candidate.uri) as local:
+            vid = content_id(local)
+            if vid in seen:
+                duplicates += 1
+                continue
+            seen.add(vid)
+            row = {
+                "id": vid,
+                "uri": candidate.uri,
+                "size_bytes": local.stat().st_size,
+                "ingested_at": now,
+                **_probe_columns(local, candidate.uri),
+            }
+        row["caption"] = candidate.caption or files.sidecar_caption(candidate.uri)
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=schema_of("videos")), len(paths) - len(rows)
+    return pa.Table.from_pylist(rows, schema=schema_of("videos")), duplicates
+
+
+def _probe_columns(local: Path, uri: str) -> dict[str, Any]:
+    """The probe's numbers as `videos` columns, or `probe_error` for a file that is no
+    readable video."""
+    try:
+        info = probe(local)
+    except ProbeError as err:
+        log.info("unreadable video %s: %s", uri, err.reason)
+        return {"probe_error": err.reason}
+    return {
+        "duration_s": info.duration_s, "fps": info.fps, "width": info.width,
+        "height": info.height, "rotation": info.rotation, "num_frames": info.num_frames,
+        "codec": info.codec,
+        "profile": info.profile, "bit_rate": info.bit_rate,
+    }
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def _check_scheme(uri: str) -> None:
+    if not uri.startswith("s3://"):
+        scheme = uri.split("://", 1)[0]
+        raise ValueError(
+            f"ingest source {uri!r}: {scheme}:// is not supported; use a local path or s3://"
+        )
+
+
+def _text(value: str | None) -> str | None:
+    """Stripped text, None when empty."""
+    return (value.strip() or None) if value is not None else None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

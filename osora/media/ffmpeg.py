@@ -3,6 +3,12 @@
 The binary is the static build shipped by imageio-ffmpeg rather than the system's, because it
 carries everything the data pyramid needs (libx264, scdet, cropdetect, vmafmotion, libvmaf) and
 is the same build on every machine, so encoded bytes and filter scores are reproducible.
+
+File names: ffmpeg reads an argument that starts with "-" as an option ("-y.mp4" is no output
+file), "-" as stdin/stdout and "pipe:0", "concat:a|b", "http://..." as protocols. So every file
+handed to `run_ffmpeg` as a path object (pathlib.Path, any os.PathLike) is passed as an absolute
+path, which can be none of these; plain strings are passed as they are (filter graphs, "pipe:0",
+lavfi sources). Pass file names as Path objects.
 """
 
 from __future__ import annotations
@@ -54,10 +60,11 @@ def run_ffmpeg(
 ) -> subprocess.CompletedProcess:
     """Run `ffmpeg <quiet defaults> <args>` and return the finished process (stdout/stderr bytes).
 
+    Path arguments become absolute paths (see the module docstring); strings pass unchanged.
     Raises FFmpegError naming the inputs (every `-i` value) when ffmpeg exits non-zero, and
     subprocess.TimeoutExpired when it runs past `timeout` seconds.
     """
-    args = [os.fspath(a) for a in args]
+    args = [_file_arg(a) if isinstance(a, os.PathLike) else a for a in args]
     cmd = [ffmpeg_exe(), *_DEFAULT_FLAGS, "-loglevel", loglevel, *args]
     proc = subprocess.run(cmd, input=input_bytes, capture_output=True, timeout=timeout, check=False)
     if proc.returncode != 0:
@@ -75,7 +82,7 @@ def filter_metadata(
     one dict per frame with `frame`, `pts`, `pts_time` and the filter's `lavfi.*` keys.
     """
     vf = f"{video_filter},metadata=mode=print:file=-"
-    proc = run_ffmpeg(["-i", path, "-vf", vf, "-an", "-f", "null", "-"], timeout=timeout)
+    proc = run_ffmpeg(["-i", Path(path), "-vf", vf, "-an", "-f", "null", "-"], timeout=timeout)
     return parse_metadata_print(proc.stdout.decode())
 
 
@@ -130,6 +137,7 @@ def encode_frames(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".mp4", dir=out_path.parent)
     os.close(fd)
+    tmp_name = _file_arg(tmp_name)
     cmd = [
         ffmpeg_exe(), *_DEFAULT_FLAGS, "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}",
@@ -144,6 +152,12 @@ def encode_frames(
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return out_path
+
+
+def _file_arg(path: str | os.PathLike) -> str:
+    """A file name ffmpeg cannot mistake for an option, stdin/stdout or a protocol: absolute
+    paths start with "/" (no symlinks are resolved, so the name stays the one given)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def _rate_control_args(crf: int | None, bitrate: int | None) -> list[str]:

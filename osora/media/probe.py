@@ -1,14 +1,30 @@
 """Reading a video's vital statistics with PyAV: the numbers the preprocessing filters judge.
 
-`probe` opens the container and decodes the first frame, so a file that opens but holds no
-decodable picture counts as unreadable too (RECIPE §1 drops unreadable/broken videos).
+`probe` opens the container, decodes the first frame and checks that the packets run to the end
+the container claims, so a file that opens but holds no decodable picture, or that was cut short
+(a partial download whose header survived), counts as unreadable too (RECIPE §1 drops
+unreadable/broken videos). It never decodes a frame larger than MAX_PIXELS, so a header claiming
+absurd dimensions cannot exhaust memory.
+
+Width and height are as displayed: a phone video stored landscape with a 90° display rotation
+reports portrait dimensions, the orientation ffmpeg's command line (which rotates automatically)
+gives every later stage.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+# Largest frame probe will decode (8192 × 8192, above 8K UHD's 7680 × 4320): a header claiming
+# more is treated as broken rather than trusted with gigabytes of frame buffers.
+MAX_PIXELS = 8192 * 8192
+# A complete file's packets reach the duration its container claims; a cut-short one stops
+# early. Slack for containers that round durations or end streams unevenly.
+TRUNCATION_SLACK_S = 0.5
+# How much of the end is demuxed to find the last packet (from the key frame before it).
+TAIL_S = 1.0
 
 
 class ProbeError(ValueError):
@@ -23,7 +39,9 @@ class ProbeError(ValueError):
 @dataclass(frozen=True)
 class VideoInfo:
     """One video stream's properties; bit_rate in bits/s, profile as FFmpeg names it
-    (e.g. "High", "Main", "Constrained Baseline"; None when the codec has none)."""
+    (e.g. "High", "Main", "Constrained Baseline"; None when the codec has none). width and
+    height are as displayed, i.e. after `rotation` (degrees, from the container's display
+    matrix; 0 when none), which decoders other than ffmpeg's command line do not apply."""
 
     duration_s: float
     fps: float
@@ -34,6 +52,7 @@ class VideoInfo:
     profile: str | None
     bit_rate: int
     size_bytes: int
+    rotation: int = 0
 
     @property
     def aspect_ratio(self) -> float:
@@ -49,18 +68,28 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if not path.is_file():
         raise ProbeError(path, "no such file")
     size_bytes = path.stat().st_size
+    if size_bytes == 0:
+        raise ProbeError(path, "empty file")
     try:
-        with av.open(str(path)) as container:
+        # An absolute path, so FFmpeg never reads a name such as "pipe:0" as a protocol.
+        with av.open(os.path.abspath(path)) as container:
             if not container.streams.video:
                 raise ProbeError(path, "no video stream")
             stream = container.streams.video[0]
             info = _stream_info(container, stream, size_bytes)
-            if next(container.decode(stream), None) is None:
+            _check_frame_size(path, info)
+            frame = next(container.decode(stream), None)
+            if frame is None:
                 raise ProbeError(path, "no decodable video frame")
+            info = _as_displayed(info, frame.rotation)
+            _check_complete(path, container)
     except ProbeError:
         raise
     except (av.FFmpegError, OSError, EOFError, ValueError) as err:
-        raise ProbeError(path, f"{type(err).__name__}: {err}") from err
+        # FFmpeg's words without the file name (ProbeError adds it), so equal faults give equal
+        # reasons whatever the file is called, and a temporary copy's name never shows.
+        words = getattr(err, "strerror", None) or str(err)
+        raise ProbeError(path, f"{type(err).__name__}: {words}") from err
     if info.width <= 0 or info.height <= 0 or info.fps <= 0 or info.duration_s <= 0:
         raise ProbeError(path, f"implausible stream properties {info}")
     return info
@@ -100,3 +129,51 @@ def _stream_info(container, stream, size_bytes: int) -> VideoInfo:
         bit_rate=int(bit_rate or 0),
         size_bytes=size_bytes,
     )
+
+
+def _check_frame_size(path: Path, info: VideoInfo) -> None:
+    """Refuse to decode a frame over MAX_PIXELS: such a header is broken or hostile."""
+    if info.width * info.height > MAX_PIXELS:
+        raise ProbeError(
+            path, f"frame size {info.width}x{info.height} is over the {MAX_PIXELS:,}-pixel limit"
+        )
+
+
+def _as_displayed(info: VideoInfo, rotation: int | None) -> VideoInfo:
+    """Swap width and height for a quarter-turn display rotation (see VideoInfo)."""
+    rotation = round(rotation or 0) % 360
+    if rotation % 180 == 90:
+        return replace(info, width=info.height, height=info.width, rotation=rotation)
+    return replace(info, rotation=rotation)
+
+
+def _check_complete(path: Path, container) -> None:
+    """Raise ProbeError when the packets stop well before the container's duration.
+
+    A file cut short (a partial download or copy) often still opens and decodes its first frame,
+    since mp4 (faststart) and Matroska headers come first. Demuxing, without decoding, from the
+    key frame before the last TAIL_S seconds finds where the data really ends. Every stream
+    counts, as the container's duration is the longest stream's. Cases that cannot be judged
+    (no duration, an unseekable format, no timestamps) pass.
+    """
+    import av
+
+    if not container.duration:
+        return
+    duration_s = container.duration / 1_000_000  # av.time_base: microseconds
+    start_s = (container.start_time or 0) / 1_000_000
+    try:
+        container.seek(int((start_s + max(0.0, duration_s - TAIL_S)) * 1_000_000))
+    except av.FFmpegError:
+        return
+    end_s = None
+    for packet in container.demux():
+        if packet.pts is None or packet.time_base is None:
+            continue  # the flush packet at the end, or a stream without timestamps
+        packet_end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start_s
+        end_s = packet_end if end_s is None else max(end_s, packet_end)
+    if end_s is not None and end_s < duration_s - TRUNCATION_SLACK_S:
+        raise ProbeError(
+            path, f"truncated: the data ends at {end_s:.2f} s of the {duration_s:.2f} s the "
+            "container claims (an incomplete download or copy?)"
+        )
