@@ -23,8 +23,10 @@ class TableRef:
     tag: str | None = None
 
 
-def write_receipt(path: Path, *, stage: str, run_id: str, outputs: list[TableRef]) -> None:
-    body = {"stage": stage, "mlflow_run_id": run_id, "tables": [asdict(ref) for ref in outputs]}
+def write_receipt(path: Path, *, stage: str, outputs: list[TableRef]) -> None:
+    """Only what identifies the data (no run id, no time), so an unchanged table gives an
+    unchanged receipt and DVC skips everything downstream."""
+    body = {"stage": stage, "tables": [asdict(ref) for ref in outputs]}
     atomic_write_json(Path(path), body)
 
 

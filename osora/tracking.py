@@ -100,11 +100,18 @@ class StageRun:
         return store.read(table, version=ref.version)
 
     def log_output(self, store: "Store", table: str, version: int) -> TableRef:
-        """Tag the table version this run produced with `<stage>-<run id>` and record it."""
+        """Record the table version this run produced, tagged `<stage>-<run id>` in Lance.
+
+        A version that an earlier run of this stage already produced (a rerun that changed
+        nothing) keeps that run's tag, so the receipt stays byte-identical and DVC does not
+        rerun the stages downstream of a table that did not change."""
         import mlflow
 
-        tag = f"{self.stage}-{self.run_id}"
-        store.tag(table, tag, version)
+        earlier = sorted(t for t, v in store.tags(table).items()
+                         if v == version and t.startswith(f"{self.stage}-"))
+        tag = earlier[0] if earlier else f"{self.stage}-{self.run_id}"
+        if not earlier:
+            store.tag(table, tag, version)
         ref = TableRef(table=table, uri=store.table_uri(table), version=version, tag=tag)
         mlflow.set_tags({
             f"lance.output.{table}.version": version,
@@ -115,7 +122,7 @@ class StageRun:
         return ref
 
     def write_receipt(self, path: Path) -> None:
-        write_receipt(path, stage=self.stage, run_id=self.run_id, outputs=self.outputs)
+        write_receipt(path, stage=self.stage, outputs=self.outputs)
 
 
 @contextmanager

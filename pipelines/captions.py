@@ -1,13 +1,8 @@
 """DVC stage `captions`: a caption per clip from the configured captioner."""
 
-import argparse
-from pathlib import Path
-
-from osora.config import load_settings
 from osora.data.captions import CaptionOperator
 from osora.data.runner import run_operator
-from osora.data.stage import publish
-from osora.store import Store
+from osora.data.stage import publish, stage_cli
 from osora.tracking import stage_run
 
 STAGE = "captions"
@@ -15,15 +10,10 @@ PARAMS = "data.captions"  # the settings section this stage reads; dvc.yaml trac
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--videos", type=Path, required=True, help="receipt of the videos table")
-    parser.add_argument("--clips", type=Path, required=True, help="receipt of the clips table")
-    parser.add_argument("--receipt", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
-
-    settings = load_settings()
-    store = Store.from_settings(settings.store)
+    args, settings, store = stage_cli(
+        __doc__,
+        {"videos": "receipt of the videos table", "clips": "receipt of the clips table"},
+    )
     with stage_run(STAGE, settings, PARAMS) as run:
         videos = run.read_input(store, args.videos, "videos")
         clips = run.read_input(store, args.clips, "clips")

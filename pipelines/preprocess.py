@@ -1,13 +1,9 @@
 """DVC stage `preprocess`: the keep/drop verdict of RECIPE §1 for every ingested video."""
 
-import argparse
 from collections import Counter
-from pathlib import Path
 
-from osora.config import load_settings
 from osora.data.preprocess import preprocess_table
-from osora.data.stage import publish
-from osora.store import Store
+from osora.data.stage import publish, stage_cli
 from osora.tracking import stage_run
 
 STAGE = "preprocess"
@@ -15,14 +11,10 @@ PARAMS = "data.preprocess"  # the settings section this stage reads; dvc.yaml tr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--videos", type=Path, required=True, help="receipt of the videos table")
-    parser.add_argument("--receipt", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
-
-    settings = load_settings()
-    store = Store.from_settings(settings.store)
+    args, settings, store = stage_cli(
+        __doc__,
+        {"videos": "receipt of the videos table"},
+    )
     with stage_run(STAGE, settings, PARAMS) as run:
         videos = run.read_input(store, args.videos, "videos")
         verdicts = preprocess_table(videos, settings.data.preprocess)

@@ -1,12 +1,7 @@
 """DVC stage `pyramid`: nested levels of clips from loose to strict, one table per level."""
 
-import argparse
-from pathlib import Path
-
-from osora.config import load_settings
 from osora.data.pyramid import build_levels
-from osora.data.stage import publish, say
-from osora.store import Store
+from osora.data.stage import publish, say, stage_cli
 from osora.tracking import stage_run
 
 STAGE = "pyramid"
@@ -15,17 +10,11 @@ SCORES = ("aesthetic", "motion", "blur", "ocr", "jitter")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clips", type=Path, required=True, help="receipt of the clips table")
-    parser.add_argument("--scores", type=Path, required=True,
-                        help="folder of the score_<scorer>.json receipts")
-    parser.add_argument("--captions", type=Path, required=True, help="receipt of captions")
-    parser.add_argument("--receipt", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
-
-    settings = load_settings()
-    store = Store.from_settings(settings.store)
+    args, settings, store = stage_cli(
+        __doc__,
+        {"clips": "receipt of the clips table", "captions": "receipt of captions",
+         "scores": "folder of the score_<scorer>.json receipts"},
+    )
     with stage_run(STAGE, settings, PARAMS) as run:
         clips = run.read_input(store, args.clips, "clips")
         scores = {

@@ -4,17 +4,13 @@ A scorer that cannot run (no weights configured) says why, here and in MLflow, a
 scores: its filter is then off in the pyramid. It never makes a number up.
 """
 
-import argparse
-from pathlib import Path
 
 import pyarrow as pa
 
-from osora.config import load_settings
 from osora.data.runner import run_operator
 from osora.data.scores import SCORERS
-from osora.data.stage import publish, say
+from osora.data.stage import publish, say, stage_cli
 from osora.schemas import schema_of
-from osora.store import Store
 from osora.tracking import stage_run
 
 STAGE = "score"
@@ -22,15 +18,11 @@ PARAMS = "data.scores.{scorer}"  # the section this stage reads; dvc.yaml tracks
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scorer", choices=sorted(SCORERS), required=True)
-    parser.add_argument("--clips", type=Path, required=True, help="receipt of the clips table")
-    parser.add_argument("--receipt", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
-
-    settings = load_settings()
-    store = Store.from_settings(settings.store)
+    args, settings, store = stage_cli(
+        __doc__,
+        {"clips": "receipt of the clips table"},
+        lambda p: p.add_argument("--scorer", choices=sorted(SCORERS), required=True),
+    )
     stage = f"score_{args.scorer}"
     with stage_run(stage, settings, PARAMS.format(scorer=args.scorer)) as run:
         clips = run.read_input(store, args.clips, "clips")

@@ -1,15 +1,10 @@
 """DVC stage `shots`: scene cuts and black-border crop of every kept video, one decode each."""
 
-import argparse
-from pathlib import Path
-
 import pyarrow.compute as pc
 
-from osora.config import load_settings
 from osora.data.runner import run_operator
 from osora.data.shots import ShotDetector
-from osora.data.stage import publish
-from osora.store import Store
+from osora.data.stage import publish, stage_cli
 from osora.tracking import stage_run
 
 STAGE = "shots"
@@ -17,15 +12,10 @@ PARAMS = "data.shots"  # the settings section this stage reads; dvc.yaml tracks 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--videos", type=Path, required=True, help="receipt of the videos table")
-    parser.add_argument("--preprocess", type=Path, required=True, help="receipt of verdicts")
-    parser.add_argument("--receipt", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
-
-    settings = load_settings()
-    store = Store.from_settings(settings.store)
+    args, settings, store = stage_cli(
+        __doc__,
+        {"videos": "receipt of the videos table", "preprocess": "receipt of verdicts"},
+    )
     with stage_run(STAGE, settings, PARAMS) as run:
         videos = run.read_input(store, args.videos, "videos")
         verdicts = run.read_input(store, args.preprocess, "preprocess")

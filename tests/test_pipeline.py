@@ -31,7 +31,8 @@ def sh(*cmd: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The project's files as git sees them (committed or not, never ignored), as a new repo."""
+    """The project's files as git sees them (committed or not, never ignored), as a new repo,
+    after one `dvc repro` of the whole pipeline."""
     dest = tmp_path_factory.mktemp("clone")
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -44,6 +45,7 @@ def clone(tmp_path_factory) -> Path:
     sh("git", "init", "-q", cwd=dest)
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "clone", cwd=dest)
+    sh("dvc", "repro", cwd=dest)
     return dest
 
 
@@ -56,30 +58,64 @@ def runs_per_stage(project: Path) -> Counter:
     return Counter(r.data.tags["dvc.stage"] for r in runs)
 
 
+STAGES = ("synth", "ingest", "preprocess", "shots", "clips", "score@aesthetic", "score@motion",
+          "score@blur", "score@ocr", "score@jitter", "captions", "pyramid", "stats")
+
+
 def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
-    sh("dvc", "repro", cwd=clone)
-    stages = ("synth", "ingest")
-    assert runs_per_stage(clone) == Counter(stages)
+    assert runs_per_stage(clone) == Counter(STAGES)
     assert (clone / "data" / "synth" / "truth.json").is_file()
-    assert (clone / "lineage" / "ingest.json").is_file()
+    assert (clone / "reports" / "stats" / "duration.png").is_file()
 
     second = sh("dvc", "repro", cwd=clone)
     assert "up to date" in second, second
-    assert runs_per_stage(clone) == Counter(stages)
+    assert runs_per_stage(clone) == Counter(STAGES)
 
-    # A param only `ingest` reads: `synth` is skipped, `ingest` reruns.
+    # A param only `ingest` reads: `synth` is skipped, `ingest` reruns, and as the videos table
+    # does not change, its receipt does not either, so nothing downstream reruns.
     out = sh("dvc", "exp", "run", "-S", "params/data.yaml:ingest.extensions=['.mp4','.MP4']",
              cwd=clone)
     assert "Stage 'synth' didn't change, skipping" in out, out
     assert "Running stage 'ingest'" in out, out
-    assert runs_per_stage(clone) == Counter(synth=1, ingest=2)
+    assert "Stage 'preprocess' didn't change, skipping" in out, out
+    assert runs_per_stage(clone) == Counter(STAGES) + Counter(["ingest"])
+
+    # A pyramid threshold reruns the pyramid only; this one moves no clip between levels
+    # (the shaking camera scores 6.8, clean clips < 1), so the statistics are not redone.
+    out = sh("dvc", "exp", "run", "-S", "params/data.yaml:pyramid.levels.filtered.max_jitter=4.0",
+             cwd=clone)
+    assert "Running stage 'pyramid'" in out, out
+    assert "Stage 'clips' didn't change, skipping" in out, out
+    assert "Stage 'stats' didn't change, skipping" in out, out
+    assert runs_per_stage(clone) == Counter(STAGES) + Counter(["ingest", "pyramid"])
 
     # A temporary experiment runs in a copy under .dvc/tmp/exps but logs to this checkout.
     sh("git", "add", "-A", cwd=clone)
     sh("git", "commit", "-q", "-m", "exp", cwd=clone)
     sh("dvc", "exp", "run", "--temp", "-S", "params/data.yaml:ingest.extensions=['.mp4']",
        cwd=clone)
-    assert runs_per_stage(clone) == Counter(synth=1, ingest=3)
+    assert runs_per_stage(clone)["ingest"] == 3
+
+
+def test_every_bad_synthetic_video_is_dropped_for_its_reason(clone):
+    """Done-when of the data pyramid: the deliberately bad videos are dropped for their
+    intended reason, the good ones kept, on the tables `dvc repro` produced."""
+    from osora.data.synth import load_truth
+    from osora.store import Store
+
+    store = Store(str(clone / "store"))
+    by_file = {Path(r["uri"]).name: r["id"] for r in store.read("videos").to_pylist()}
+    verdict = {r["id"]: r["reason"] for r in store.read("preprocess").to_pylist()}
+    filtered = {r["id"].rsplit("-", 1)[0] for r in store.read("pyramid_filtered").to_pylist()}
+    score_filters = {"text", "blur", "jitter"}
+    for video in load_truth(clone / "data" / "synth"):
+        vid, reason = by_file[video.file], video.expected_reason
+        if reason is None:
+            assert verdict[vid] is None and vid in filtered, video.file
+        elif reason in score_filters:
+            assert verdict[vid] is None and vid not in filtered, video.file
+        else:
+            assert verdict[vid].split(":")[0] == reason, (video.file, verdict[vid])
 
 
 def test_results_command_points_at_tables_and_mlflow_ui(clone):

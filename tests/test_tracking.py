@@ -112,3 +112,20 @@ def test_output_tables_are_tagged_and_recorded_as_lineage(project):
     assert logged.data.tags["lance.output.videos.version"] == str(version)
     assert read_receipt(project / "lineage" / "ingest.json") == {"videos": ref}
     assert store.read("videos", version=ref.tag).num_rows == 1
+
+
+def test_a_rerun_that_changes_nothing_writes_the_same_receipt(project):
+    from osora.schemas import schema_of
+    from osora.store import Store
+
+    settings = load_settings()
+    store = Store.from_settings(settings.store)
+    rows = pa.Table.from_pylist([{"id": "a" * 32, "uri": "/x.mp4"}], schema=schema_of("videos"))
+    receipts = []
+    for _ in range(2):
+        with stage_run("ingest", settings, "data.ingest") as run:
+            run.log_output(store, "videos", store.sync("videos", rows, key="id"))
+            run.write_receipt(project / "r.json")
+        receipts.append((project / "r.json").read_bytes())
+    assert receipts[0] == receipts[1]
+    assert len(store.tags("videos")) == 1

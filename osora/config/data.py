@@ -1,5 +1,6 @@
 """params/data.yaml: the data pyramid's stages, one section per stage (RECIPE.md §1)."""
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -76,9 +77,16 @@ class ShotsParams(Params):
 class ClipsParams(Params):
     """Cutting shots into training clips."""
 
-    min_duration_s: float = Field(gt=0.0, description="shorter shots are dropped")
-    max_duration_s: float = Field(gt=0.0, description="longer shots are split into pieces this long")
-    max_fps: float = Field(gt=0.0, description="clips above this frame rate are resampled")
+    min_duration_s: float = Field(
+        gt=0.0, description="shorter shots, and shorter remainders of split shots, are dropped"
+    )
+    max_duration_s: float = Field(
+        gt=0.0, description="longer shots are split from their start into pieces this long"
+    )
+    max_fps: float = Field(
+        gt=0.0, description="above this rate every k-th frame is kept, k the smallest integer "
+        "that brings the rate to max_fps or below"
+    )
     max_side: int = Field(ge=64, description="longer side of a clip at most, px")
     crf: int = Field(ge=0, le=51, description="x264 CRF of the clip files")
     preset: Literal[
@@ -237,7 +245,6 @@ class PyramidLevel(Params):
     """One level: the clips of the looser level before it that pass these limits. A null
     limit is no limit; a limit on a score that was not evaluated is off (and reported)."""
 
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
     min_aesthetic: float | None = None
     min_motion: float | None = None
     max_motion: float | None = None
@@ -253,13 +260,15 @@ class PyramidLevel(Params):
 
 
 class PyramidParams(Params):
-    levels: list[PyramidLevel] = Field(min_length=1, description="from loosest to strictest")
+    # A mapping, in order from loosest to strictest, so one level's limit can be changed by
+    # name: `dvc exp run -S params/data.yaml:pyramid.levels.filtered.max_jitter=4`.
+    levels: dict[str, PyramidLevel] = Field(min_length=1, description="loosest first")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "PyramidParams":
-        names = [level.name for level in self.levels]
-        if len(set(names)) != len(names):
-            raise ValueError(f"level names must be unique, got {names}")
+    def _names(self) -> "PyramidParams":
+        bad = [name for name in self.levels if not re.fullmatch(r"[a-z0-9_]+", name)]
+        if bad:
+            raise ValueError(f"level names must be lower-case letters, digits or _: {bad}")
         return self
 
 

@@ -30,7 +30,7 @@ class Operator(ABC):
     #: Name of the table the rows of `process` belong to (its schema is in osora.schemas).
     output_table: str
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Load models or other heavy state; called once in each worker before any row."""
 
     @abstractmethod

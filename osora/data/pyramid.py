@@ -107,21 +107,25 @@ def _mostly_sharp(laplacian: pa.ChunkedArray, threshold: float) -> np.ndarray:
 
 
 def build_levels(
-    clips: pa.Table, scores: dict[str, pa.Table], captions: pa.Table, levels: list[PyramidLevel]
+    clips: pa.Table,
+    scores: dict[str, pa.Table],
+    captions: pa.Table,
+    levels: dict[str, PyramidLevel],
 ) -> Levels:
+    """Every level's rows, loosest first (the order of `levels`)."""
     view = joined_view(clips, scores, captions)
     ran = evaluated(view)
     notes = [
         f"{column}: not evaluated (its scorer had no weights), its limits are off"
         for column, done in sorted(ran.items())
-        if not done and any(getattr(lv, k) is not None for lv in levels
+        if not done and any(getattr(lv, k) is not None for lv in levels.values()
                             for k, c in LIMITS.items() if c == column)
     ]
     member = np.ones(view.num_rows, dtype=bool)
     tables = {}
-    for level in levels:
+    for name, level in levels.items():
         member &= passes(view, level, ran)
-        tables[level.name] = level_rows(view.filter(pa.array(member)), level.name)
+        tables[name] = level_rows(view.filter(pa.array(member)), name)
     return Levels(tables, notes)
 
 

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +18,32 @@ import pyarrow as pa
 from osora.fileio import atomic_write_json
 
 if TYPE_CHECKING:
+    from osora.config import Settings
     from osora.data.runner import RunResult
     from osora.store import Store
     from osora.tracking import StageRun
+
+
+def stage_cli(
+    doc: str,
+    inputs: dict[str, str],
+    more: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.Namespace, Settings, Store]:
+    """Parse a table stage's command line — one `--<name>` receipt path per input, plus
+    `--receipt` and `--metrics` for its outputs — and load the settings and the store."""
+    from osora.config import load_settings
+    from osora.store import Store
+
+    parser = argparse.ArgumentParser(description=doc)
+    for name, what in inputs.items():
+        parser.add_argument(f"--{name}", type=Path, required=True, help=what)
+    parser.add_argument("--receipt", type=Path, required=True, help="receipt to write")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON to write")
+    if more:
+        more(parser)
+    args = parser.parse_args()
+    settings = load_settings()
+    return args, settings, Store.from_settings(settings.store)
 
 
 def publish(

@@ -42,13 +42,13 @@ def tables(aesthetic_evaluated: bool = True):
     return clips, scores, captions
 
 
-LEVELS = [
-    PyramidLevel(name="all"),
-    PyramidLevel(name="mid", min_motion=2.0, max_motion=9.0, min_laplacian_var=30.0,
-                 max_text_area=0.1),
-    PyramidLevel(name="strict", min_aesthetic=5.0, max_jitter=6.0, min_side=200,
-                 min_duration_s=3.0, require_caption=True),
-]
+LEVELS = {
+    "all": PyramidLevel(),
+    "mid": PyramidLevel(min_motion=2.0, max_motion=9.0, min_laplacian_var=30.0,
+                        max_text_area=0.1),
+    "strict": PyramidLevel(min_aesthetic=5.0, max_jitter=6.0, min_side=200,
+                           min_duration_s=3.0, require_caption=True),
+}
 
 
 def ids(table: pa.Table) -> set[str]:
@@ -102,8 +102,8 @@ def test_unevaluated_score_turns_its_filter_off_and_says_so():
     assert strict.column("aesthetic").null_count == strict.num_rows
 
 
-def test_level_names_must_be_unique():
+def test_level_names_must_be_plain():
     from osora.config.data import PyramidParams
 
-    with pytest.raises(ValueError, match="unique"):
-        PyramidParams(levels=[PyramidLevel(name="a"), PyramidLevel(name="a")])
+    with pytest.raises(ValueError, match="lower-case"):
+        PyramidParams(levels={"Stage 1": PyramidLevel()})
