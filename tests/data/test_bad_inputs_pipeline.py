@@ -21,7 +21,6 @@ from osora.store import Store
 pytestmark = pytest.mark.slow
 
 
-
 def test_corpus_through_shots_clips_scores_and_captions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a stray `touch pwned` would land here
     raw = tmp_path / "raw"
