@@ -3,8 +3,10 @@
 Measures seconds of source video processed per wall-clock second on ONE core (the process and
 every ffmpeg it starts are pinned to one CPU, so "per core" is honest), for the same videos:
 
-- osora:     probe → ShotDetector (one ffmpeg pass: scdet + cropdetect) → ClipCutter (one
-             ffmpeg process per video writes every clip) → files copied into a local Store;
+- osora:     probe → ShotDetector (one ffmpeg pass: scdet + cropdetect) → ClipCutter (per
+             video, one ffmpeg process stream-copies every clip that can be copied and one
+             re-encodes the rest) → files copied into a local Store; once more with
+             `stream_copy: false` (every clip re-encoded, the cutter before stream copy);
 - reference: probe → PySceneDetect `detect()` with ContentDetector (OpenCV decode, as the
              Open-Sora tools do) → one ffmpeg process per clip (`-ss/-to` input seek,
              re-encode), the approach of Open-Sora's tools/scene_cut.
@@ -13,7 +15,9 @@ Both cut by the same rules (osora.data.clips.plan_spans on their own cuts) with 
 frame-rate and size caps. The "reference" row encodes with osora's x264 settings (the fair
 comparison of approaches); the "as shipped" row with libx264's defaults, as the Open-Sora cut
 script does. The reference does no border crop (its tools have no border detection). The
-approaches alternate run by run; medians of wall and CPU seconds are reported.
+approaches alternate run by run; medians of wall and CPU seconds are reported. After the timed
+runs, one more untimed osora run says which clips were stream copies: a clip is one when its
+packets are exactly the source's packets of its span.
 
     .venv/bin/python bench/bench_clips.py            # prints a Markdown table + environment
     .venv/bin/python bench/bench_clips.py --repeats 5 --width 1280 --height 720
@@ -56,14 +60,14 @@ STAGES = ("probe", "shots", "clips")
 
 
 def make_videos(out: Path, width: int, height: int, duration_s: float, seed: int,
-                keyint_s: float) -> list[Path]:
+                keyint_s: float, names: tuple[str, ...] = BENCH_VIDEOS) -> list[Path]:
     """Render the benchmark's synthetic videos (longer and larger than the tests' set), with a
     key frame every `keyint_s` seconds at most (x264 may add more at scene cuts)."""
     params = SynthParams(seed=seed, num_clean=2, width=width, height=height, fps=24,
                          duration_s=duration_s, crf=23)
     paths = []
     for video in plan(params):
-        if video.stem not in BENCH_VIDEOS:
+        if video.stem not in names:
             continue
         path = out / video.file
         if not path.exists():
@@ -99,19 +103,51 @@ def video_row(path: Path) -> dict:
             "height": info.height, "num_frames": info.num_frames}
 
 
-def run_osora(paths: list[Path], settings, work: Path) -> tuple[Stages, int]:
+def run_osora(paths: list[Path], settings, work: Path,
+              stream_copy: bool = True) -> tuple[Stages, int]:
     """probe + ShotDetector + ClipCutter over every video; (stage seconds, clips written)."""
+    stages, rows = cut_with_osora(paths, settings, work, stream_copy)
+    return stages, len(rows)
+
+
+def cut_with_osora(paths: list[Path], settings, work: Path,
+                   stream_copy: bool = True) -> tuple[Stages, list[dict]]:
+    """osora's probe + shots + clips over every video: (stage seconds, the clip rows)."""
     stages: Stages = {}
     detector = ShotDetector(settings.shots)
-    cutter = ClipCutter(settings.clips, StoreSettings(uri=str(work / "store")))
+    params = settings.clips.model_copy(update={"stream_copy": stream_copy})
+    cutter = ClipCutter(params, StoreSettings(uri=str(work / "store")))
     cutter.setup()
-    clips = 0
+    rows = []
     for path in paths:
         row = timed(stages, "probe", video_row, path)
         (shots,) = timed(stages, "shots", detector.process, row)
         clip_row = {**shots, "uri": row["uri"], "width": row["width"], "height": row["height"]}
-        clips += len(timed(stages, "clips", cutter.process, clip_row))
-    return stages, clips
+        rows += timed(stages, "clips", cutter.process, clip_row)
+    return stages, rows
+
+
+def packets(path: Path) -> list[bytes]:
+    """A file's video packets in decode order."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(video=0) if p.size]
+
+
+def copied_clips(paths: list[Path], settings, work: Path) -> list[str]:
+    """One untimed osora run: "<video> frames a..b: copy/encode" for every clip. A clip is a
+    copy when its packets are the source's packets of its span (at a cut point a frame's
+    decode position is its number); a re-encode never reproduces the source's bytes."""
+    _, rows = cut_with_osora(paths, settings, work)
+    sources = {p.stem: packets(p) for p in paths}
+    lines = []
+    for row in rows:
+        start, end = row["start_frame"], row["end_frame"]
+        copy = packets(Path(row["uri"])) == sources[row["video_id"]][start:end]
+        lines.append(f"{row['video_id']} frames {start}..{end - 1} "
+                     f"({(end - start) / row['fps']:.2f} s): {'copy' if copy else 'encode'}")
+    return lines
 
 
 def run_reference(paths: list[Path], settings, work: Path,
@@ -159,6 +195,7 @@ def reference_cut(path: Path, row: dict, start: int, end: int, params: ClipsPara
 # name -> runner; the first reference row is the comparison the goal is about (same encoder).
 APPROACHES: dict[str, Callable] = {
     "osora": run_osora,
+    "osora, stream copy off": partial(run_osora, stream_copy=False),
     "reference": run_reference,
     "reference, x264 defaults (as shipped)": partial(
         run_reference, encoder={"preset": "medium", "crf": 23}
@@ -203,9 +240,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--keyint", type=float, default=1.0,
                         help="GOP length of the source videos, s (x264's default is ~10 s)")
+    parser.add_argument("--only", type=lambda v: tuple(v.split(",")), default=BENCH_VIDEOS,
+                        help=f"comma-separated subset of {','.join(BENCH_VIDEOS)}")
     parser.add_argument("--videos", type=Path, default=None,
                         help="folder to keep the rendered videos in (default: a temporary one)")
     args = parser.parse_args()
+    if unknown := set(args.only) - set(BENCH_VIDEOS):
+        parser.error(f"--only: no benchmark video {', '.join(sorted(unknown))}")
 
     settings = load_settings(params_dir=REPO / "params").data
     cpu = pin_to_one_core()
@@ -213,7 +254,7 @@ def main() -> None:
         folder = args.videos or Path(tmp) / "videos"
         folder.mkdir(parents=True, exist_ok=True)
         paths = make_videos(folder, args.width, args.height, args.duration, args.seed,
-                            args.keyint)
+                            args.keyint, args.only)
         source_s = sum(probe(p).duration_s for p in paths)
         results: dict[str, list[tuple[Stages, int]]] = {k: [] for k in APPROACHES}
         for repeat in range(args.repeats):  # alternate, so drifting load hits all alike
@@ -226,11 +267,12 @@ def main() -> None:
                 print(f"run {repeat + 1}/{args.repeats} {name}: {clips} clips, "
                       f"{totals['total wall']:.2f} s wall, {totals['total cpu']:.2f} s CPU",
                       file=sys.stderr)
-    print(report(results, source_s, len(paths), args, cpu))
+        kinds = copied_clips(paths, settings, Path(tmp) / "copied")
+    print(report(results, source_s, len(paths), args, cpu, kinds))
 
 
 def report(results: dict[str, list[tuple[Stages, int]]], source_s: float, n_videos: int,
-           args, cpu: int) -> str:
+           args, cpu: int, kinds: list[str]) -> str:
     """The Markdown table of medians (wall and CPU seconds per stage) and the environment."""
     def median(runs, key: str) -> float:
         return statistics.median(stages.get(key, 0.0) for stages, _ in runs)
@@ -256,6 +298,9 @@ def report(results: dict[str, list[tuple[Stages, int]]], source_s: float, n_vide
             f"| {name} | {runs[0][1]} | {t['wall']:.2f} | {t['cpu']:.2f} | {stage} "
             f"| {source_s / t['wall']:.1f} | {source_s / t['cpu']:.1f} | {faster} |"
         )
+    copies = sum(line.endswith(": copy") for line in kinds)
+    lines += ["", f"osora's clips ({copies} of {len(kinds)} stream-copied):",
+              *(f"- {line}" for line in kinds)]
     lines += ["", *(f"- {k}: {v}" for k, v in environment().items())]
     return "\n".join(lines)
 

@@ -97,6 +97,11 @@ class ClipsParams(Params):
         ge=0, le=64, description="ffmpeg threads per video: 1 suits one runner worker per core; "
         "0 lets ffmpeg choose"
     )
+    stream_copy: bool = Field(
+        description="copy a clip's H.264 packets unchanged instead of re-encoding it where "
+        "nothing requires a re-encode (8-bit 4:2:0 source, no crop, scale, frame-rate cut or "
+        "rotation; the clip from a key frame to a key frame); false re-encodes every clip"
+    )
 
     @model_validator(mode="after")
     def _durations(self) -> "ClipsParams":

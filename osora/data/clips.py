@@ -14,20 +14,50 @@ Rules, in source frames (a video's frames as decoded, numbered from 0):
 - frame rates above `max_fps` are reduced by keeping every k-th frame, with k the smallest
   integer that brings the rate to `max_fps` or below (60 → 30, 50 → 25, 120 → 30): frames stay
   evenly spaced in time, where resampling 50 fps to 30 would drop 2 frames in 5 and judder;
-- clips are H.264 (libx264, yuv420p) at the params' CRF and preset, deterministic bytes.
+- clips are H.264 (libx264, yuv420p) at the params' CRF and preset, deterministic bytes;
+- except where re-encoding changes nothing the training data needs: a clip is then a stream
+  copy of the source's packets (below).
 
-How: one decode of the source feeds one encoder. A `select` expression keeps exactly the frames
-of all clips (decimated per clip from its own first frame), key frames are forced at each clip's
-first frame, and the segment muxer starts a new file at each of them. Compared with one ffmpeg
-process per clip (seek, decode, encode), the video is decoded once, no frame outside a clip is
-encoded, and there is one process and one encoder whatever the number of clips, so memory does
-not grow with the clip count either.
+How (re-encode): one decode of the source feeds one encoder. A `select` expression keeps exactly
+the frames of all clips (decimated per clip from its own first frame), key frames are forced at
+each clip's first frame, and the segment muxer starts a new file at each of them. Compared with
+one ffmpeg process per clip (seek, decode, encode), the video is decoded once, no frame outside
+a clip is encoded, and there is one process and one encoder whatever the number of clips, so
+memory does not grow with the clip count either.
+
+Stream copy (`stream_copy` in params): re-encoding costs about half of probe + shots + clips and
+loses quality, so a clip whose source packets could be kept as they are is copied (`-c:v copy`:
+no decode, no encode). That needs a source whose clips need no pixel change (H.264, 8-bit 4:2:0,
+a profile every decoder plays; no crop, no downscale, no frame-rate cut, no display rotation;
+constant frame rate and one packet per frame, as the shot analysis counted them), and a clip
+that starts at a *cut point*: an IDR frame before which, in decode order, come exactly the
+frames shown before it, so the clip's packets decode alone and hold exactly its frames. The cut
+points come from demuxing the packets once (no decoding) and reading their NAL unit types.
+
+On such a source a shot is planned as copies first: from the shot's first cut point, each piece
+ends at the last cut point (or the video's end) that keeps it within `max_duration_s`, while it
+lasts at least `min_duration_s`. What cannot be copied is re-encoded by the rules above: the
+whole shot when not even its first piece can be copied (the shot's snapped span is shorter
+than min_duration_s, or its cut points are further apart than max_duration_s), else the rest
+of the shot after the last copied piece (dropped when shorter than min_duration_s). A copied
+shot thus loses the frames before its first cut point (less than a GOP) and may lose a tail
+shorter than min_duration_s, and its pieces may be shorter than max_duration_s where
+re-encoded ones would not be.
+Encoders put IDR frames at most scene cuts (x264's scenecut), so shot-aligned clips usually
+qualify; how many do depends on the source's key frame spacing (GOP): clips can only start and
+end on it. All copied clips of a video come from one `ffmpeg -c:v copy` segment-muxer process
+that splits the stream at their cut points; the re-encoded ones from the one encode process.
+Every clip file is probed (its frame count; a copy's size and rate too); if a copied clip fails
+that check or the copy process fails, the video falls back to re-encoding every clip.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import accumulate
@@ -40,9 +70,16 @@ from osora.config.data import ClipsParams
 from osora.config.store import StoreSettings
 from osora.data.operator import Operator, OperatorError, Row
 from osora.data.shots import even_down, ffmpeg_input, ffmpeg_reason, rational_fps
-from osora.media.ffmpeg import _BITEXACT_FLAGS as BITEXACT_FLAGS  # as encode_frames uses
-from osora.media.ffmpeg import FFmpegError, run_ffmpeg
+from osora.data.stream_copy import (
+    FPS_TOLERANCE,
+    NotCopyable,
+    copy_clips,
+    copy_points,
+)
+from osora.media.ffmpeg import BITEXACT_FLAGS, FFmpegError, run_ffmpeg, segment_output
 from osora.media.probe import ProbeError, VideoInfo, probe
+
+log = logging.getLogger(__name__)
 
 # The rows ClipCutter reads: a video's file and size joined with its shot analysis.
 CLIP_INPUT = pa.schema(
@@ -74,6 +111,28 @@ class ClipFormat:
     fps: Fraction  # frame rate of the clip files: source fps / step
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """One clip: source frames start..end-1, and whether its file is a stream copy of the
+    source's packets (`copy`) or re-encoded."""
+
+    start: int
+    end: int
+    copy: bool = False
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.end
+
+
+class ClipMismatch(ValueError):
+    """A written clip file is not the clip that was asked for (frames, size or rate)."""
+
+
+class CopyFailed(RuntimeError):
+    """The stream copy did not give the planned clips; the caller re-encodes them instead."""
+
+
 def clip_inputs(videos: pa.Table, shots: pa.Table) -> pa.Table:
     """ClipCutter's input rows: each `shots` row with its video's uri and frame size.
 
@@ -90,25 +149,72 @@ def clip_inputs(videos: pa.Table, shots: pa.Table) -> pa.Table:
     return pa.table(columns).cast(CLIP_INPUT)
 
 
+# -- planning: pure functions of the shot analysis and the cut points --------------------------
+
+
+def plan_clips(
+    num_frames: int, fps: float, cut_frames: list[int], params: ClipsParams,
+    cut_points: Sequence[int] | None = None,
+) -> list[ClipPlan]:
+    """The clips of one video, in order: their source frames and whether each is copied.
+
+    Without `cut_points` (None or empty: the video cannot be stream-copied) every clip is
+    re-encoded by the module's rules. With them (frames where a copy may start or end, see
+    `copy_points`) each shot is planned as copies first and the rest re-encoded (module
+    docstring). The same inputs always give the same plan.
+    """
+    min_frames, max_frames = _frame_limits(fps, params)
+    bounds = [0, *sorted(c for c in set(cut_frames) if 0 < c < num_frames), num_frames]
+    # Where a copy may start and end: the cut points, and the video's end.
+    edges = sorted({p for p in cut_points if 0 <= p < num_frames} | {num_frames}) \
+        if cut_points else []
+    plans = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        copied = _copied_pieces(start, end, edges, min_frames, max_frames)
+        rest = copied[-1].end if copied else start
+        plans += copied + _encoded_pieces(rest, end, min_frames, max_frames)
+    return plans
+
+
 def plan_spans(
     num_frames: int, fps: float, cut_frames: list[int], params: ClipsParams
 ) -> list[tuple[int, int]]:
-    """The clips of one video as (start, end) source-frame spans, end exclusive, in order.
+    """The clips of one video as (start, end) source-frame spans, end exclusive, in order, all
+    re-encoded: shots between cuts, too-short shots dropped, long shots split into
+    max_duration_s pieces, a remainder kept only when it lasts min_duration_s."""
+    return [plan.span for plan in plan_clips(num_frames, fps, cut_frames, params)]
 
-    Applies the module's rules: shots between cuts, too-short shots dropped, long shots split
-    into max_duration_s pieces, a remainder kept only when it lasts min_duration_s.
-    """
-    rate = rational_fps(fps)  # exact arithmetic: 2 s at 24 fps is 48 frames, never 49
-    min_frames = math.ceil(_seconds(params.min_duration_s) * rate)
+
+def _frame_limits(fps: float, params: ClipsParams) -> tuple[int, int]:
+    """(min, max) frames of a clip. Exact arithmetic: 2 s at 24 fps is 48 frames, never 49."""
+    rate = rational_fps(fps)
+    min_frames = max(1, math.ceil(_seconds(params.min_duration_s) * rate))
     max_frames = max(1, math.floor(_seconds(params.max_duration_s) * rate))
-    bounds = [0, *sorted(c for c in set(cut_frames) if 0 < c < num_frames), num_frames]
-    spans = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        for piece_start in range(start, end, max_frames):
-            piece_end = min(piece_start + max_frames, end)
-            if piece_end - piece_start >= min_frames:
-                spans.append((piece_start, piece_end))
-    return spans
+    return min_frames, max_frames
+
+
+def _encoded_pieces(start: int, end: int, min_frames: int, max_frames: int) -> list[ClipPlan]:
+    """Re-encoded clips of [start, end): max_frames pieces from `start`, the last one (the
+    remainder) kept only when it has min_frames."""
+    pieces = (ClipPlan(s, min(s + max_frames, end)) for s in range(start, end, max_frames))
+    return [p for p in pieces if p.end - p.start >= min_frames]
+
+
+def _copied_pieces(
+    start: int, end: int, edges: list[int], min_frames: int, max_frames: int
+) -> list[ClipPlan]:
+    """Copied clips of the shot [start, end), greedy: from the shot's first edge, each piece
+    ends at the last edge that keeps it within max_frames and the shot, as long as the piece
+    has min_frames. Stops at the first piece that cannot be copied (its rest is re-encoded)."""
+    pieces: list[ClipPlan] = []
+    i = bisect.bisect_left(edges, start)
+    while i < len(edges) and edges[i] < end:
+        j = bisect.bisect_right(edges, min(edges[i] + max_frames, end)) - 1
+        if edges[j] - edges[i] < min_frames:
+            break
+        pieces.append(ClipPlan(edges[i], edges[j], copy=True))
+        i = j
+    return pieces
 
 
 def clip_format(row: Row, params: ClipsParams) -> ClipFormat:
@@ -128,6 +234,25 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     scale = max_side / longer
     w, h = (max(2, even_down(min(round(side * scale), max_side))) for side in (width, height))
     return w, h
+
+
+# -- whether the clips keep the source's pixels ---------------------------------------------------
+
+
+def check_copy_format(row: Row, fmt: ClipFormat) -> None:
+    """NotCopyable unless the clips keep the source's pixels and frames as they are: no crop
+    (black borders, or an odd side that yuv420p cannot keep), no downscale, no frame-rate cut."""
+    width, height = int(row["width"]), int(row["height"])
+    x, y, w, h = fmt.crop
+    if fmt.crop != (0, 0, width, height):
+        raise NotCopyable(f"the clips are cropped from {width}x{height} to {w}x{h}+{x}+{y}")
+    if fmt.size != (width, height):
+        raise NotCopyable(f"the clips are scaled down to {fmt.size[0]}x{fmt.size[1]} (max_side)")
+    if fmt.step != 1:
+        raise NotCopyable(f"the clips keep every {fmt.step}th frame (fps above max_fps)")
+
+
+# -- writing: one ffmpeg process per kind --------------------------------------------------------
 
 
 def clip_filter(spans: list[tuple[int, int]], fmt: ClipFormat) -> str:
@@ -168,25 +293,48 @@ def encode_clips(
     file at exactly those frames, so each file starts with a key frame and holds its clip only.
     Raises FFmpegError when ffmpeg fails.
     """
-    counts = clip_frame_counts(spans, fmt.step)
-    starts = list(accumulate(counts))[:-1]  # output frame numbers of clips 2, 3, ...
-    split = []
+    # Output frame numbers where clips 2, 3, ... start.
+    starts = list(accumulate(clip_frame_counts(spans, fmt.step)))[:-1]
+    keys = []
     if starts:
         key_times = ",".join(f"{float((j - Fraction(1, 2)) / fmt.fps):.6f}" for j in starts)
-        split = ["-force_key_frames", key_times, "-segment_frames", ",".join(map(str, starts))]
+        keys = ["-force_key_frames", key_times]
     threads = str(params.threads)
     run_ffmpeg([
         "-threads", threads, "-i", ffmpeg_input(source),
         "-filter_complex_threads", threads, "-filter_complex", clip_filter(spans, fmt),
         "-map", "[clips]", "-an", "-sn", "-dn",
         "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf),
-        "-threads", threads, "-fps_mode", "passthrough", *BITEXACT_FLAGS, *split,
-        # Each file's timestamps start at 0; "disabled" stops the first file alone being
-        # shifted by the B-frame delay.
-        "-f", "segment", "-segment_format", "mp4", "-reset_timestamps", "1",
-        "-avoid_negative_ts", "disabled", str(out_dir / "%06d.mp4"),
+        "-threads", threads, "-fps_mode", "passthrough", *BITEXACT_FLAGS, *keys,
+        *segment_output(starts, out_dir),
     ])
     return [out_dir / f"{i:06d}.mp4" for i in range(len(spans))]
+
+
+def check_clip(path: Path, frames: int, fmt: ClipFormat | None = None) -> VideoInfo:
+    """Probe a written clip: it must hold `frames` frames and, given `fmt`, have its size and
+    rate. Raises ClipMismatch saying what differs.
+
+    Copies are checked against `fmt` as they keep the source's size and timing, which the
+    copy analysis judged. Re-encoded clips get their size and rate from the filter graph; their
+    rate in the file is the mp4 muxer's rounding of the planned one (a planned 900/43 fps is
+    stored as 225/11), and the clip rows report the file's rate.
+    """
+    try:
+        info = probe(path)
+    except ProbeError as err:
+        raise ClipMismatch(f"clip file {path.name} is unreadable: {err.reason}") from None
+    if info.num_frames != frames:
+        raise ClipMismatch(f"clip {path.name} has {info.num_frames} frames, expected {frames}")
+    if fmt is None:
+        return info
+    if (info.width, info.height) != fmt.size:
+        raise ClipMismatch(f"clip {path.name} is {info.width}x{info.height}, expected "
+                           f"{fmt.size[0]}x{fmt.size[1]}")
+    if abs(info.fps / float(fmt.fps) - 1) > FPS_TOLERANCE:
+        raise ClipMismatch(f"clip {path.name} runs at {info.fps:.4f} fps, expected "
+                           f"{float(fmt.fps):.4f}")
+    return info
 
 
 class ClipCutter(Operator):
@@ -217,24 +365,78 @@ class ClipCutter(Operator):
         if missing:
             raise OperatorError(f"video {video}: no {', '.join(missing)} in its clip input row "
                                 "(see clip_inputs)")
-        spans = plan_spans(row["num_frames"], row["fps"], row.get("cut_frames") or [],
-                           self.params)
-        if not spans:
+        # Copies come only from shots that give re-encoded clips too: none here, none at all.
+        if not plan_spans(row["num_frames"], row["fps"], row.get("cut_frames") or [],
+                          self.params):
             return []
         fmt = clip_format(row, self.params)
         with self._store.local_path(row["uri"]) as source, \
                 tempfile.TemporaryDirectory(prefix="osora-clips-") as tmp:
+            source, tmp = Path(source), Path(tmp)
+            plans = self._plan(row, self._copy_points(row, source, fmt))
             try:
-                files = encode_clips(Path(source), spans, fmt, self.params, Path(tmp))
+                written = self._write(row, source, plans, fmt, tmp / "clips")
+            except CopyFailed as err:
+                log.warning("video %s: stream copy failed (%s); re-encoding every clip",
+                            video, err)
+                plans = self._plan(row, None)
+                written = self._write(row, source, plans, fmt, tmp / "re-encoded")
+            copies = sum(plan.copy for plan in plans)
+            log.debug("video %s: %d clips stream-copied, %d re-encoded", video, copies,
+                      len(plans) - copies)
+            return [
+                self._store_clip(row, i, plan.span, fmt, file, info)
+                for i, (plan, (file, info)) in enumerate(zip(plans, written, strict=True))
+            ]
+
+    def _plan(self, row: Row, cut_points: list[int] | None) -> list[ClipPlan]:
+        return plan_clips(row["num_frames"], row["fps"], row.get("cut_frames") or [],
+                          self.params, cut_points)
+
+    def _copy_points(self, row: Row, source: Path, fmt: ClipFormat) -> list[int] | None:
+        """Where this video's clips may be stream-copied; None when `stream_copy` is off or
+        the video does not allow it (the reason is logged at debug level)."""
+        if not self.params.stream_copy:
+            return None
+        try:
+            check_copy_format(row, fmt)
+            return copy_points(source, row)
+        except NotCopyable as why:
+            log.debug("video %s: clips re-encoded, not stream-copied: %s", row["id"], why)
+            return None
+
+    def _write(
+        self, row: Row, source: Path, plans: list[ClipPlan], fmt: ClipFormat, out_dir: Path,
+    ) -> list[tuple[Path, VideoInfo]]:
+        """Write and check every planned clip: the copies first, with one process (so a failed
+        copy wastes no encoding), then the rest with the one encode process. (file, probe) per
+        plan, in plan order. Raises CopyFailed when the copy process fails or a copy does not
+        check out, OperatorError when encoding does."""
+        video = row["id"]
+        copied = [p for p in plans if p.copy]
+        encoded = [p for p in plans if not p.copy]
+        written: dict[ClipPlan, tuple[Path, VideoInfo]] = {}
+        if copied:
+            try:
+                files = copy_clips(source, [p.span for p in copied], out_dir / "copied")
+                written |= _checked(copied, files, fmt)
+            except FFmpegError as err:
+                raise CopyFailed(ffmpeg_reason(err)) from None
+            except ClipMismatch as err:
+                raise CopyFailed(str(err)) from None
+        if encoded:
+            try:
+                files = encode_clips(source, [p.span for p in encoded], fmt, self.params,
+                                     out_dir / "encoded")
             except FFmpegError as err:
                 raise OperatorError(f"video {video}: ffmpeg could not cut clips from "
                                     f"{row['uri']}: {ffmpeg_reason(err)}") from None
-            expected = clip_frame_counts(spans, fmt.step)
-            infos = [_probe_clip(f, n, video) for f, n in zip(files, expected, strict=True)]
-            return [
-                self._store_clip(row, i, span, fmt, file, info)
-                for i, (span, file, info) in enumerate(zip(spans, files, infos, strict=True))
-            ]
+            try:
+                written |= _checked(encoded, files, fmt)
+            except ClipMismatch as err:
+                raise OperatorError(f"video {video}: {err} (the source decodes differently "
+                                    "from the shot analysis' pass: is it damaged?)") from None
+        return [written[p] for p in plans]
 
     def _store_clip(
         self, row: Row, index: int, span: tuple[int, int], fmt: ClipFormat, file: Path,
@@ -257,20 +459,14 @@ class ClipCutter(Operator):
         }
 
 
-def _probe_clip(path: Path, expected_frames: int, video: str) -> VideoInfo:
-    """Probe a written clip; OperatorError when it is missing or holds the wrong frame count
-    (the source then decodes differently from the shot analysis' pass, e.g. it is corrupt)."""
-    try:
-        info = probe(path)
-    except ProbeError as err:
-        raise OperatorError(f"video {video}: clip file {path.name} is unreadable: "
-                            f"{err.reason}") from None
-    if info.num_frames != expected_frames:
-        raise OperatorError(
-            f"video {video}: clip {path.name} has {info.num_frames} frames, expected "
-            f"{expected_frames}: the video does not decode the same way twice"
-        )
-    return info
+def _checked(
+    plans: list[ClipPlan], files: list[Path], fmt: ClipFormat
+) -> dict[ClipPlan, tuple[Path, VideoInfo]]:
+    """Each plan's file with its probe, every file checked against its plan (check_clip; the
+    size and rate of copies only)."""
+    counts = clip_frame_counts([p.span for p in plans], fmt.step)
+    return {p: (f, check_clip(f, n, fmt if p.copy else None))
+            for p, f, n in zip(plans, files, counts, strict=True)}
 
 
 def _seconds(value: float) -> Fraction:

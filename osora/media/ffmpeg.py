@@ -25,7 +25,7 @@ STDERR_TAIL_LINES = 12
 _DEFAULT_FLAGS = ("-hide_banner", "-nostdin")
 # Bit-exact flags: no encoder version string, no creation time, no metadata copied from the
 # input, and C-exact colour conversion, so the same frames give the same bytes on every run.
-_BITEXACT_FLAGS = (
+BITEXACT_FLAGS = (
     "-fflags", "+bitexact",
     "-flags:v", "+bitexact",
     "-map_metadata", "-1",
@@ -143,7 +143,7 @@ def encode_frames(
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}",
         "-i", "pipe:0",
         "-an", "-c:v", "libx264", "-preset", preset, *rate, *prof, *gop, "-pix_fmt", "yuv420p",
-        "-threads", "1", "-filter_threads", "1", *_BITEXACT_FLAGS, "-f", "mp4", tmp_name,
+        "-threads", "1", "-filter_threads", "1", *BITEXACT_FLAGS, "-f", "mp4", tmp_name,
     ]
     try:
         _pipe_frames(cmd, first, frames, (height, width), out_path, timeout)
@@ -230,3 +230,14 @@ def _describe_inputs(args: list[str]) -> str:
     if not inputs:
         return "no input file (arguments: " + " ".join(args) + ")"
     return ("input " if len(inputs) == 1 else "inputs ") + ", ".join(inputs)
+
+
+def segment_output(starts: list[int], out_dir: Path) -> list[str]:
+    """Output options of the segment muxer: an mp4 per piece of the written stream, a new one
+    at each of `starts` (frame numbers of that stream), named %06d.mp4 in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = ["-segment_frames", ",".join(map(str, starts))] if starts else []
+    # Each file's timestamps start at 0; "disabled" stops the first file alone being shifted
+    # by the B-frame delay.
+    return [*split, "-f", "segment", "-segment_format", "mp4", "-reset_timestamps", "1",
+            "-avoid_negative_ts", "disabled", str(out_dir / "%06d.mp4")]

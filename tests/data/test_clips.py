@@ -4,7 +4,10 @@ store (local folder and S3)."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pickle
+import random
 from pathlib import Path
 from unittest import mock
 
@@ -20,15 +23,21 @@ from osora.config.store import S3Settings, StoreSettings
 from osora.data.clips import (
     CLIP_INPUT,
     ClipCutter,
+    ClipPlan,
+    NotCopyable,
+    check_copy_format,
     clip_format,
     clip_inputs,
+    copy_points,
+    plan_clips,
     plan_spans,
     scaled_size,
 )
 from osora.data.operator import OperatorError
 from osora.data.shots import ShotDetector
+from osora.data.stream_copy import cut_points, nal_unit_types
 from osora.data.synth import SynthVideo
-from osora.media.ffmpeg import encode_frames
+from osora.media.ffmpeg import FFmpegError, encode_frames, run_ffmpeg
 from osora.schemas import schema_of
 from osora.store import Store
 
@@ -88,6 +97,42 @@ def source_frames(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def frame_digests(path: Path) -> list[str]:
+    """A checksum of each decoded frame's planes as stored (no colour conversion), in order."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [hashlib.sha256(b"".join(bytes(plane) for plane in frame.planes)).hexdigest()
+                for frame in container.decode(video=0)]
+
+
+def packet_bytes(path: Path) -> list[bytes]:
+    """The video packets' payloads in decode order."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(video=0) if p.size]
+
+
+def idr_frames(path: Path) -> list[int]:
+    """Frame numbers of the IDR pictures, read by decoding every frame (not the way the cutter
+    finds them): a decoded key frame of picture type I."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [i for i, f in enumerate(container.decode(video=0))
+                if f.key_frame and f.pict_type == av.video.frame.PictureType.I]
+
+
+def is_stream_copy(store: Store, row: dict, source: Path) -> bool:
+    """Whether a clip's file holds exactly the source's packets of its span (a re-encode
+    cannot: x264 never reproduces another encoder's bytes). At a cut point a frame's decode
+    position is its number, so the span's packets are the same slice in decode order."""
+    with store.local_path(row["uri"]) as clip:
+        return packet_bytes(Path(clip)) == \
+            packet_bytes(source)[row["start_frame"]:row["end_frame"]]
+
+
 def mad(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two frames."""
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
@@ -101,7 +146,7 @@ def luma(frames: np.ndarray) -> np.ndarray:
 def synth_shots(synth_set) -> tuple[pa.Table, pa.Table, dict[str, SynthVideo]]:
     folder, videos = synth_set
     wanted = {v.stem: v for v in videos
-              if v.stem in ("scene_cuts", "long_take", "black_borders", "too_short")}
+              if v.stem in ("clean_00", "scene_cuts", "long_take", "black_borders", "too_short")}
     tables = analyse({k: (folder / v.file, v.width, v.height) for k, v in wanted.items()})
     return *tables, wanted
 
@@ -123,6 +168,134 @@ def test_long_shots_split_into_max_duration_pieces_and_short_remainders_drop():
     assert plan_spans(410, 24.0, [], params) == [(0, 192), (192, 384)]  # 17.1 s: 8 + 8 (+1.1)
     # Pieces start at their shot's first frame, not at a global 8 s grid.
     assert plan_spans(300, 24.0, [60], params) == [(0, 60), (60, 252), (252, 300)]
+
+
+# -- stream copy: planning and cut points, without ffmpeg --------------------------------------
+
+
+def copies(plans: list[ClipPlan]) -> list[tuple[int, int, str]]:
+    """Plans as (start, end, "copy" / "encode"), for readable asserts."""
+    return [(p.start, p.end, "copy" if p.copy else "encode") for p in plans]
+
+
+def test_without_cut_points_every_clip_is_re_encoded_as_plan_spans_says():
+    params = clips_params(min_duration_s=2.0, max_duration_s=8.0)
+    for none in (None, []):
+        plans = plan_clips(300, 24.0, [60], params, none)
+        assert copies(plans) == [(0, 60, "encode"), (60, 252, "encode"), (252, 300, "encode")]
+        assert [p.span for p in plans] == plan_spans(300, 24.0, [60], params)
+
+
+def test_a_copied_clip_runs_from_the_first_cut_point_to_the_last_one_in_its_shot():
+    params = clips_params(min_duration_s=2.0, max_duration_s=8.0)
+    # 24 fps, key frames every 24 frames: the shot 10..110 is snapped to 24..96 (3 s).
+    plans = plan_clips(130, 24.0, [10, 110], params, list(range(0, 130, 24)))
+    assert copies(plans) == [(24, 96, "copy")]
+    # The video's end is a cut point too: 100..200 becomes 120..200.
+    plans = plan_clips(200, 24.0, [100], params, list(range(0, 200, 24)))
+    assert copies(plans) == [(0, 96, "copy"), (120, 200, "copy")]
+    # Shots that start and end at key frames are copied whole.
+    assert copies(plan_clips(168, 24.0, [60, 114], params, [0, 24, 48, 60, 84, 108, 114])) \
+        == [(0, 60, "copy"), (60, 114, "copy"), (114, 168, "copy")]
+
+
+def test_a_shot_whose_snapped_span_is_too_short_is_re_encoded_whole():
+    params = clips_params(min_duration_s=2.0, max_duration_s=8.0)
+    # The shot 100..160 (2.5 s) snaps to 120..144 (1 s): its original span is re-encoded.
+    plans = plan_clips(240, 24.0, [100, 160], params, list(range(0, 240, 24)))
+    assert copies(plans) == [(0, 96, "copy"), (100, 160, "encode"), (168, 240, "copy")]
+    # A shot with no cut point in it is re-encoded; the video's end counts as one.
+    assert copies(plan_clips(120, 24.0, [], params, [0])) == [(0, 120, "copy")]
+    assert copies(plan_clips(120, 24.0, [10], params, [0])) == [(10, 120, "encode")]
+
+
+def test_long_shots_are_split_at_the_last_cut_point_within_max_duration():
+    params = clips_params(min_duration_s=2.0, max_duration_s=8.0)  # 48..192 frames at 24 fps
+    # Key frames every 50 frames: 0..150 (the last ≤ 192), 150..300; 300..400 (4.2 s).
+    plans = plan_clips(400, 24.0, [], params, list(range(0, 400, 50)))
+    assert copies(plans) == [(0, 150, "copy"), (150, 300, "copy"), (300, 400, "copy")]
+    # Key frames at 0 and 100 only: 0..100 is copied, the rest of the shot (no cut point
+    # within 8 s of 100) is re-encoded by the plain rule from 100: 8 s, then 4.5 s.
+    plans = plan_clips(400, 24.0, [], params, [0, 100])
+    assert copies(plans) == [(0, 100, "copy"), (100, 292, "encode"), (292, 400, "encode")]
+    # Key frames 10 s apart: no piece can be copied, the shot is re-encoded as without them.
+    plans = plan_clips(600, 24.0, [], params, [0, 240, 480])
+    assert [p.span for p in plans] == plan_spans(600, 24.0, [], params)
+    assert not any(p.copy for p in plans)
+
+
+def test_planned_clips_stay_in_their_shots_and_within_the_duration_limits():
+    params = clips_params(min_duration_s=2.0, max_duration_s=8.0)
+    rng = random.Random(7)
+    for _ in range(500):
+        fps = rng.choice([24.0, 25.0, 30000 / 1001])
+        n = rng.randrange(1, 1500)
+        cuts = sorted(rng.sample(range(1, n), min(n - 1, rng.randrange(0, 8)))) if n > 1 else []
+        keys = sorted({0, *rng.sample(range(n), min(n, rng.randrange(0, 40)))})
+        plans = plan_clips(n, fps, cuts, params, keys)
+        lo, hi = _frame_limits(fps, params)
+        bounds = [0, *cuts, n]
+        for plan in plans:
+            assert lo <= plan.end - plan.start <= hi, (n, cuts, keys, plan)
+            shot = max(b for b in bounds if b <= plan.start)
+            assert plan.end <= min(b for b in bounds if b > plan.start), (cuts, plan)
+            if plan.copy:  # from a cut point to a cut point or the video's end
+                assert plan.start in keys and (plan.end in keys or plan.end == n), plan
+            assert plan.start >= shot
+        ends = [0, *(p.end for p in plans)]
+        assert all(a <= p.start for a, p in zip(ends, plans)), plans  # in order, disjoint
+
+
+def _frame_limits(fps: float, params: ClipsParams) -> tuple[int, int]:
+    """(min, max) frames per clip, computed here independently of the planner."""
+    from fractions import Fraction
+
+    from osora.data.shots import rational_fps
+
+    rate = rational_fps(fps)
+    return (int(-(-Fraction(params.min_duration_s).limit_denominator(1000) * rate // 1)),
+            int(Fraction(params.max_duration_s).limit_denominator(1000) * rate // 1))
+
+
+def test_cut_points_need_an_idr_frame_with_every_earlier_frame_decoded_before_it():
+    # x264 order with B-frames (decode order; pts in frame units): I0 P4 B2 B1 B3 | I5 P7 B6
+    pts = [0, 4, 2, 1, 3, 5, 7, 6]
+    idr = [True, False, False, False, False, True, False, False]
+    assert cut_points(pts, idr) == [0, 5]
+    # An open GOP: the I frame at decode position 5 is followed by B frames shown before it
+    # (4 and 5, referencing the previous GOP): cutting there would lose them.
+    pts = [0, 3, 1, 2, 7, 5, 6, 8]
+    idr = [True, False, False, False, True, False, False, False]
+    assert cut_points(pts, idr) == [0]
+    # A key frame that is not an IDR picture (a recovery point) is no cut point.
+    assert cut_points([0, 1, 2, 3], [True, False, False, False]) == [0]
+    assert cut_points([0, 1, 2, 3], [False, False, True, False]) == [2]
+
+
+def test_nal_unit_types_in_length_prefixed_and_annex_b_packets():
+    sei, idr, slice_ = b"\x06\x05\x10", b"\x65\x88\x84\x00\x21", b"\x41\x9a"
+    avcc = b"".join(len(n).to_bytes(4, "big") + n for n in (sei, idr))
+    assert nal_unit_types(avcc, 4) == {6, 5}
+    assert nal_unit_types(len(slice_).to_bytes(2, "big") + slice_, 2) == {1}
+    annex_b = b"\x00\x00\x00\x01" + sei + b"\x00\x00\x01" + idr
+    assert nal_unit_types(annex_b, None) == {6, 5}
+
+
+def test_clips_that_change_pixels_or_frames_are_not_copied():
+    params = clips_params(max_fps=30, max_side=1080)
+    full = {"width": 320, "height": 180, "fps": 24.0, "crop_x": 0, "crop_y": 0, "crop_w": 320,
+            "crop_h": 180}
+    check_copy_format(full, clip_format(full, params))  # no change: copyable
+    cases = {
+        "cropped": ({**full, "crop_y": 20, "crop_h": 140}, params),
+        "scaled down": ({**full, "width": 1920, "height": 1080, "crop_w": 1920,
+                         "crop_h": 1080}, params),
+        "every 2th frame": ({**full, "fps": 60.0}, params),
+        "cropped from 321x180": ({**full, "width": 321, "crop_w": 321}, params),  # odd side
+    }
+    for reason, (row, p) in cases.items():
+        with pytest.raises(NotCopyable, match=reason):
+            check_copy_format(row, clip_format(row, p))
 
 
 def test_frame_rates_above_max_keep_every_kth_frame():
@@ -206,16 +379,180 @@ def test_synth_clips_in_the_store(synth_set, synth_shots, store):
     assert min(e.mean(axis=-1).min() for e in edges) > SETTINGS.shots.border_limit
 
 
-def test_all_clips_of_a_video_come_from_one_ffmpeg_process(synth_shots, tmp_path,
-                                                          monkeypatch):
-    import osora.data.clips
+def ffmpeg_kinds(spy: mock.MagicMock) -> list[str]:
+    """"copy" or "encode" for each ffmpeg run the spy saw, in order."""
+    return ["copy" if "copy" in call.args[0] else "encode" for call in spy.call_args_list]
 
-    videos, shots, _ = synth_shots
+
+@pytest.fixture
+def ffmpeg_spy(monkeypatch) -> mock.MagicMock:
+    """Counts the cutter's ffmpeg runs, encodes and copies (and still runs them)."""
+    import osora.data.clips
+    import osora.data.stream_copy
+
     spy = mock.MagicMock(wraps=osora.data.clips.run_ffmpeg)
     monkeypatch.setattr(osora.data.clips, "run_ffmpeg", spy)
-    scene_cuts = videos.filter(pc.equal(videos.column("id"), "scene_cuts"))
-    clips = cut(scene_cuts, shots, SETTINGS.clips, StoreSettings(uri=str(tmp_path / "store")))
-    assert len(clips["scene_cuts"]) == 3 and spy.call_count == 1
+    monkeypatch.setattr(osora.data.stream_copy, "run_ffmpeg", spy)
+    return spy
+
+
+def only(videos: pa.Table, video: str) -> pa.Table:
+    return videos.filter(pc.equal(videos.column("id"), video))
+
+
+def test_all_clips_of_a_video_come_from_one_ffmpeg_process_per_kind(synth_shots, tmp_path,
+                                                                   ffmpeg_spy):
+    videos, shots, _ = synth_shots
+    store = StoreSettings(uri=str(tmp_path / "store"))
+    for stream_copy, kind in ((False, "encode"), (True, "copy")):
+        ffmpeg_spy.reset_mock()
+        clips = cut(only(videos, "scene_cuts"), shots, clips_params(stream_copy=stream_copy),
+                    store)
+        assert len(clips["scene_cuts"]) == 3 and ffmpeg_kinds(ffmpeg_spy) == [kind]
+
+
+# -- stream copy on real files ------------------------------------------------------------------
+
+
+def test_clips_that_need_no_pixel_change_are_copies_identical_to_the_source(
+    synth_set, synth_shots, tmp_path
+):
+    folder, _ = synth_set
+    videos, shots, truth = synth_shots
+    store = Store(str(tmp_path / "store"))
+    clips = cut(videos, shots, SETTINGS.clips, settings_of(store))
+    source = {k: folder / v.file for k, v in truth.items()}
+
+    # The black-border video's clip is cropped, so re-encoded; every other clip is a copy.
+    copied = {r["id"]: is_stream_copy(store, r, source[r["video_id"]])
+              for rows in clips.values() for r in rows}
+    assert copied == {r["id"]: r["video_id"] != "black_borders"
+                      for rows in clips.values() for r in rows}
+    assert {r["video_id"] for rows in clips.values() for r in rows} == {
+        "clean_00", "scene_cuts", "long_take", "black_borders"}
+
+    # Lossless: a copy decodes to exactly the source's frames of its span.
+    for video in ("clean_00", "scene_cuts", "long_take"):
+        digests = frame_digests(source[video])
+        for row in clips[video]:
+            with store.local_path(row["uri"]) as clip:
+                assert frame_digests(Path(clip)) == \
+                    digests[row["start_frame"]:row["end_frame"]], row["id"]
+
+    # scene_cuts: each clip runs from its shot's first IDR frame to its shot's last one (or
+    # the end). Found here by decoding; x264's scenecut put IDR frames at both truth cuts (and
+    # every 24 frames after each), so the clips are exactly the shots.
+    video = truth["scene_cuts"]
+    keys = idr_frames(source["scene_cuts"])
+    assert set(video.cuts) <= set(keys)
+    bounds = [0, *video.cuts, video.num_frames]
+    expected = [(min(k for k in keys if k >= a), max(k for k in [*keys, b] if k <= b))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+    spans = [(r["start_frame"], r["end_frame"]) for r in clips["scene_cuts"]]
+    assert spans == expected == list(zip(bounds[:-1], bounds[1:]))
+
+    # Durations stay within the limits, rates and sizes are the source's.
+    for row in (r for rows in clips.values() for r in rows if copied[r["id"]]):
+        assert SETTINGS.clips.min_duration_s <= row["duration_s"] <= \
+            SETTINGS.clips.max_duration_s
+        assert (row["fps"], row["width"], row["height"]) == (24.0, 320, 180)
+
+
+def test_with_stream_copy_off_every_clip_is_re_encoded(synth_set, synth_shots, tmp_path):
+    folder, _ = synth_set
+    videos, shots, truth = synth_shots
+    store = Store(str(tmp_path / "store"))
+    clips = cut(videos, shots, clips_params(stream_copy=False), settings_of(store))
+    rows = {r["video_id"]: r for r in clips_input_rows(videos, shots)}
+    for video, video_clips in clips.items():
+        row = rows[video]
+        assert [(r["start_frame"], r["end_frame"]) for r in video_clips] == \
+            plan_spans(row["num_frames"], row["fps"], row["cut_frames"], SETTINGS.clips)
+        assert not any(is_stream_copy(store, r, folder / truth[video].file)
+                       for r in video_clips)
+
+
+def clips_input_rows(videos: pa.Table, shots: pa.Table) -> list[dict]:
+    """clip_inputs rows with "video_id" for their id, to index by video."""
+    return [{**r, "video_id": r["id"]} for r in clip_inputs(videos, shots).to_pylist()]
+
+
+def test_a_video_can_give_copied_and_re_encoded_clips(synth_set, synth_shots, tmp_path,
+                                                       ffmpeg_spy):
+    """long_take (10 s, IDR every 24 frames) with cuts at 100 and 160, not at key frames: the
+    shot 100..160 snaps to 120..144 (1 s, too short), so it alone is re-encoded, whole."""
+    folder, _ = synth_set
+    videos, shots, truth = synth_shots
+    (row,) = [r for r in clip_inputs(only(videos, "long_take"), shots).to_pylist()]
+    store = Store(str(tmp_path / "store"))
+    cutter = ClipCutter(SETTINGS.clips, settings_of(store))
+    clips = cutter.process({**row, "cut_frames": [100, 160]})
+    assert [(r["start_frame"], r["end_frame"]) for r in clips] == [(0, 96), (100, 160),
+                                                                    (168, 240)]
+    assert ffmpeg_kinds(ffmpeg_spy) == ["copy", "encode"]
+    source = folder / truth["long_take"].file
+    assert [is_stream_copy(store, r, source) for r in clips] == [True, False, True]
+    assert [r["num_frames"] for r in clips] == [96, 60, 72]
+    frames, _ = decode(store, clips[1]["uri"])  # the re-encoded one: frames 100..159
+    original = source_frames(source)
+    for j in (0, 59):
+        nearest = min(range(len(original)), key=lambda i: mad(frames[j], original[i]))
+        assert nearest == 100 + j
+
+
+def test_a_failed_copy_falls_back_to_re_encoding_every_clip(synth_set, synth_shots, tmp_path,
+                                                            monkeypatch, caplog):
+    import osora.data.clips
+
+    folder, _ = synth_set
+    videos, shots, truth = synth_shots
+    source = folder / truth["scene_cuts"].file
+    store = Store(str(tmp_path / "store"))
+    real_copy = osora.data.clips.copy_clips
+    failures = {
+        "ffmpeg": mock.MagicMock(side_effect=FFmpegError("input x", 1, "Invalid data found")),
+        # The files in the wrong order: the first one has 54 frames where 60 were asked for.
+        "check": lambda *args: real_copy(*args)[::-1],
+    }
+    for name, copy in failures.items():
+        monkeypatch.setattr(osora.data.clips, "copy_clips", copy)
+        with caplog.at_level(logging.WARNING, logger="osora.data.clips"):
+            caplog.clear()
+            clips = cut(only(videos, "scene_cuts"), shots, SETTINGS.clips,
+                        settings_of(store))["scene_cuts"]
+        assert "stream copy failed" in caplog.text and "re-encoding every clip" in caplog.text
+        assert [(r["start_frame"], r["end_frame"], r["num_frames"]) for r in clips] == [
+            (0, 60, 60), (60, 114, 54), (114, 168, 54)], name
+        assert not any(is_stream_copy(store, r, source) for r in clips), name
+
+
+def copy_row(path: Path, width: int, height: int) -> dict:
+    """The clip input row of one file, through the shot analysis."""
+    videos, shots = analyse({path.stem: (path, width, height)})
+    (row,) = clip_inputs(videos, shots).to_pylist()
+    return row
+
+
+def test_sources_a_copy_cannot_keep_as_they_are_are_re_encoded(tmp_path):
+    params = SETTINGS.clips
+    ten_bit = tmp_path / "ten_bit.mp4"
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=128x72:rate=24:duration=2.5",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p10le", "-threads", "1", ten_bit])
+    upright = encode_frames(moving_square(60, 72, 128), tmp_path / "upright.mp4", 24, crf=30,
+                            keyint=24)  # High profile (ultrafast would give Constrained Baseline)
+    upside_down = tmp_path / "upside_down.mp4"
+    run_ffmpeg(["-display_rotation", "180", "-i", upright, "-c", "copy", upside_down])
+
+    row = copy_row(upright, 128, 72)
+    assert copy_points(upright, row) == [0, 24, 48]
+    for path, reason in ((ten_bit, "pixel format yuv420p10le"), (upside_down, "rotation")):
+        row = copy_row(path, 128, 72)
+        with pytest.raises(NotCopyable, match=reason):
+            copy_points(path, row)
+        store = Store(str(tmp_path / f"store-{path.stem}"))
+        (clip,) = cut(*analyse({path.stem: (path, 128, 72)}), params,
+                      settings_of(store))[path.stem]
+        assert not is_stream_copy(store, clip, path) and clip["num_frames"] == 60
 
 
 def test_a_shorter_min_duration_keeps_more_and_a_longer_one_drops(synth_shots, tmp_path):
