@@ -56,7 +56,7 @@ def _results(args: argparse.Namespace) -> int:
     if not tables:
         print("  none yet: run the pipeline (`dvc repro`)")
     print("Receipts (table versions each stage produced):")
-    for receipt in sorted((root / "lineage").glob("*.json")):
+    for receipt in sorted((root / "lineage").rglob("*.json")):
         pinned = json.loads(receipt.read_text())["tables"]
         print(f"  {receipt.relative_to(root)}: "
               + ", ".join(f"{t['table']}@v{t['version']}" for t in pinned))
