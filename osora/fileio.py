@@ -15,10 +15,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes owner-only files; give the file the mode open() would have given it.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(current)
+    return current
 
 
 def atomic_write_text(path: Path, text: str) -> None:
