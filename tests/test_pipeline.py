@@ -66,6 +66,10 @@ def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
     assert runs_per_stage(clone) == Counter(STAGES)
     assert (clone / "data" / "synth" / "truth.json").is_file()
     assert (clone / "reports" / "stats" / "duration.png").is_file()
+    plots = sh("dvc", "plots", "show", "--json", cwd=clone)
+    assert "reports/stats/duration.csv" in plots and "reports/stats/word_cloud.png" in plots
+    metrics = sh("dvc", "metrics", "show", "--json", cwd=clone)
+    assert "level.filtered" in metrics and "dropped.too_short" in metrics
 
     second = sh("dvc", "repro", cwd=clone)
     assert "up to date" in second, second
