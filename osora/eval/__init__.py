@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics of the autoencoders (PSNR, SSIM, LPIPS), and more."""
