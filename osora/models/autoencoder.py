@@ -34,9 +34,10 @@ class Compression(Protocol):
 class VideoAutoencoder(Compression, Protocol):
     """A video AE: pixels (B, 3, T, H, W) ↔ latents (B, C, T', H', W').
 
-    `encode` returns latents already divided by `scaling_factor` (the DiT's input scale) and
-    `decode` multiplies by it first, as the reference AEs do; tiling (osora.models.tiling) only
-    needs encode/decode to be local enough that overlapping tiles agree.
+    `encode` returns the AE's raw latent and `decode` takes it back; the DiT works on
+    `z / scaling_factor` (Video DC-AE, as the reference divides). Keeping the AE pure leaves one
+    place, the DiT side, to apply the scale. Tiling (osora.models.tiling) only needs
+    encode/decode to be local enough that overlapping tiles agree.
     """
 
     scaling_factor: float
