@@ -34,15 +34,23 @@ class Compression(Protocol):
 class VideoAutoencoder(Compression, Protocol):
     """A video AE: pixels (B, 3, T, H, W) ↔ latents (B, C, T', H', W').
 
-    `encode` returns the AE's raw latent and `decode` takes it back; the DiT works on
-    `z / scaling_factor` (Video DC-AE, as the reference divides). Keeping the AE pure leaves one
-    place, the DiT side, to apply the scale. Tiling (osora.models.tiling) only needs
-    encode/decode to be local enough that overlapping tiles agree.
+    `encode` returns the AE's raw latent and `decode` takes it back. The DiT works on
+    `to_dit(z)` and hands back `from_dit(z)`: the released models apply their scaling factor in
+    opposite directions (Video DC-AE divides by 0.493, the HunyuanVideo VAE multiplies by
+    0.476986), so each model says which, and nothing downstream needs to know. Tiling
+    (osora.models.tiling) only needs encode/decode to be local enough that overlapping tiles
+    agree.
     """
 
     scaling_factor: float
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, C, T', H', W')
+        ...
+
+    def to_dit(self, z: torch.Tensor) -> torch.Tensor:  # raw latent -> the DiT's scale
+        ...
+
+    def from_dit(self, z: torch.Tensor) -> torch.Tensor:  # the DiT's scale -> raw latent
         ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, T', H', W') -> (B, 3, T, H, W)

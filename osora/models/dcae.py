@@ -426,6 +426,12 @@ class DCAE(nn.Module):
     def scaling_factor(self) -> float:
         return self.config.scaling_factor
 
+    def to_dit(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.scaling_factor  # the reference divides
+
+    def from_dit(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scaling_factor
+
     def init_weights(self) -> None:
         """The reference init: every conv weight and every norm weight ~ N(0, 0.02) truncated at
         ±2, biases 0. Norm weights near 0 make each residual branch start near 0, so the

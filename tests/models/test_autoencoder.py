@@ -172,6 +172,12 @@ class _Toy:
     def decode(self, z):
         return z
 
+    def to_dit(self, z):
+        return z / self.scaling_factor
+
+    def from_dit(self, z):
+        return z * self.scaling_factor
+
 
 def test_protocols():
     assert isinstance(_Toy(), VideoAutoencoder)

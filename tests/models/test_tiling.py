@@ -99,6 +99,12 @@ class PoolAE:
         x = torch.einsum("oc,bcthw->bothw", self.w_dec.to(z.dtype), self._upsample(z))
         return self._keep(self._post(x))
 
+    def to_dit(self, z):
+        return z
+
+    def from_dit(self, z):
+        return z
+
 
 class ConvAE(PoolAE):
     def __init__(self, **kw):
