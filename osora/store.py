@@ -65,6 +65,24 @@ def lance_s3_options(s3: S3Settings) -> dict[str, str]:
     return options
 
 
+def s3_filesystem(storage_options: dict[str, str]):
+    """An fsspec S3 filesystem from Lance-style storage options (`lance_s3_options`), so files
+    and listings use the same endpoint and credentials as the tables."""
+    import fsspec
+
+    opts = storage_options
+    client_kwargs = {"region_name": opts.get("aws_region")}
+    if "aws_endpoint" in opts:
+        client_kwargs["endpoint_url"] = opts["aws_endpoint"]
+    return fsspec.filesystem(
+        "s3",
+        key=opts.get("aws_access_key_id"),
+        secret=opts.get("aws_secret_access_key"),
+        client_kwargs=client_kwargs,
+        skip_instance_cache=True,
+    )
+
+
 class Store:
     """The project's tables under one root URI."""
 
@@ -141,20 +159,7 @@ class Store:
             yield self.fetch_file(uri, Path(tmp) / Path(uri).name)
 
     def _fs(self):
-        """An fsspec filesystem for this store's object storage, from the same options."""
-        import fsspec
-
-        opts = self._storage_options
-        client_kwargs = {"region_name": opts.get("aws_region")}
-        if "aws_endpoint" in opts:
-            client_kwargs["endpoint_url"] = opts["aws_endpoint"]
-        return fsspec.filesystem(
-            "s3",
-            key=opts.get("aws_access_key_id"),
-            secret=opts.get("aws_secret_access_key"),
-            client_kwargs=client_kwargs,
-            skip_instance_cache=True,
-        )
+        return s3_filesystem(self._storage_options)
 
     # -- locating tables -------------------------------------------------------------------
 

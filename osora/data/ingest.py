@@ -220,10 +220,10 @@ class Files:
         """An s3fs filesystem for the configured endpoint and credentials."""
         if self._fs is None:
             from osora.config.store import S3Settings
-            from osora.store import Store, lance_s3_options
+            from osora.store import lance_s3_options, s3_filesystem
 
             s3 = self._settings.s3 if self._settings is not None else S3Settings()
-            self._fs = Store("s3://", lance_s3_options(s3))._fs()
+            self._fs = s3_filesystem(lance_s3_options(s3))
         return self._fs
 
     def list_s3(self, source: str, extensions: Iterable[str]) -> list[str]:
