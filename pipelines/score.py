@@ -4,13 +4,9 @@ A scorer that cannot run (no weights configured) says why, here and in MLflow, a
 scores: its filter is then off in the pyramid. It never makes a number up.
 """
 
-
-import pyarrow as pa
-
 from osora.data.runner import run_operator
 from osora.data.scores import SCORERS
 from osora.data.stage import publish, say, stage_cli
-from osora.schemas import schema_of
 from osora.tracking import stage_run
 
 STAGE = "score"
@@ -27,19 +23,13 @@ def main() -> None:
     with stage_run(stage, settings, PARAMS.format(scorer=args.scorer)) as run:
         clips = run.read_input(store, args.clips, "clips")
         scorer = SCORERS[args.scorer](getattr(settings.data.scores, args.scorer), settings.store)
-        table = scorer.output_table
-        unavailable = scorer.available()
+        unavailable = scorer.available()  # an unavailable scorer writes null scores itself
         if unavailable:
             say(run, [f"{unavailable}; filter off"])
-            nulls = pa.Table.from_pylist([{"id": i} for i in clips.column("id").to_pylist()],
-                                         schema=schema_of(table))
-            publish(run, store, {table: nulls}, None, args.receipt, args.metrics,
-                    {"evaluated": 0})
-            return
         result = run_operator(scorer, clips, stage=stage, store=store,
                               params=settings.data.runner)
-        publish(run, store, {table: result.rows}, result, args.receipt, args.metrics,
-                {"evaluated": 1})
+        publish(run, store, {scorer.output_table: result.rows}, result, args.receipt,
+                args.metrics, {"evaluated": 0 if unavailable else 1})
 
 
 if __name__ == "__main__":
