@@ -144,6 +144,7 @@ CAPTIONS = pa.schema(
 PYRAMID = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # the clip's id
+        pa.field("video_id", pa.string(), nullable=False),  # its source video
         pa.field("uri", pa.string(), nullable=False),
         pa.field("caption", pa.string()),
         pa.field("text", pa.string()),  # the training text: caption + fps + motion score

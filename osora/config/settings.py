@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from osora.config.ae import AEParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
 from osora.config.store import StoreSettings
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     )
 
     data: DataParams
+    ae: AEParams
     cost: CostParams
     store: StoreSettings
     tracking: TrackingSettings

@@ -43,3 +43,34 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
         raise ValueError(f"{path}: has {len(found) and max(found) + 1} frames decodable, "
                          f"frames {missing} requested")
     return np.stack([found[i] for i in indices])
+
+
+def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so the short side is `short_side` (even sides; None: as is)."""
+    if short_side is None:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def read_video(
+    path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None
+) -> np.ndarray:
+    """The first `max_frames` frames (all when None) as (T, H, W, 3) uint8 RGB, scaled to
+    `size` = (width, height) by libswscale's bicubic filter when given."""
+    import av
+
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if size is not None and (frame.width, frame.height) != size:
+                frame = frame.reformat(width=size[0], height=size[1],
+                                       interpolation="BICUBIC")
+            frames.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
+            if max_frames is not None and len(frames) == max_frames:
+                break
+    if not frames:
+        raise ValueError(f"{path}: no decodable video frame")
+    return np.stack(frames)

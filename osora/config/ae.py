@@ -1,0 +1,151 @@
+"""params/ae.yaml: the autoencoder stages (RECIPE.md §2): the Video DC-AE this project trains,
+its training, its evaluation on held-out clips, and the latent precompute for DiT training."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from osora.config.base import Params
+
+
+class DCAEParams(Params):
+    """The Video DC-AE architecture: the fields of osora.models.dcae.DCAEConfig (see there)."""
+
+    latent_channels: int = Field(ge=1, description="C: channels of the latent")
+    widths: list[int] = Field(min_length=1, description="channels of each stage")
+    encoder_depths: list[int] = Field(description="blocks per encoder stage")
+    decoder_depths: list[int] = Field(description="blocks per decoder stage")
+    block_types: list[Literal["res", "vit"]] = Field(description="block kind of each stage")
+    temporal_down: list[bool] = Field(description="per down block: halve time too")
+    head_dim: int = Field(ge=1, description="linear attention head width")
+    attn_scales: list[int] = Field(description="depthwise kernel sizes of multi-scale attention")
+    mlp_ratio: float = Field(gt=0, description="GLU hidden width / width")
+    norm_eps: float = Field(gt=0, description="RMS norm epsilon")
+    scaling_factor: float = Field(gt=0, description="the DiT sees latent / scaling_factor")
+
+
+class SplitParams(Params):
+    """Which clips the AE never trains on: whole source videos are held out, so no frame of a
+    held-out clip's video is seen in training."""
+
+    level: str = Field(min_length=1, description="pyramid level the AE trains and tests on")
+    holdout_fraction: float = Field(
+        gt=0.0, lt=1.0, description="share of source videos held out (at least one)"
+    )
+
+
+class PerceptualParams(Params):
+    """LPIPS (VGG16 trunk + linear heads) from local files; weight 0 turns it off."""
+
+    weight: float = Field(ge=0.0, description="loss weight (paper 0.5)")
+    trunk: str | None = Field(description="VGG16 weights (.safetensors or torchvision .pth)")
+    heads: str | None = Field(description="LPIPS linear heads (.safetensors or lpips .pth)")
+
+    @model_validator(mode="after")
+    def _paths_when_used(self) -> "PerceptualParams":
+        if self.weight > 0 and not (self.trunk and self.heads):
+            raise ValueError(
+                "weight > 0 needs trunk and heads (local LPIPS weights); set both or weight: 0"
+            )
+        return self
+
+
+class AdversarialParams(Params):
+    """Phase 2: hinge GAN loss from a 3D patch discriminator with its own optimizer."""
+
+    weight: float = Field(ge=0.0, description="generator loss weight (paper 0.05)")
+    lr: float = Field(gt=0.0, description="discriminator AdamW learning rate (paper 1e-4)")
+    widths: list[int] = Field(min_length=1, description="discriminator widths, one per block")
+
+
+class DistillParams(Params):
+    """Optional alignment of the encoder's features with DINOv2's (weight 0: off)."""
+
+    weight: float = Field(ge=0.0, description="distillation loss weight")
+    dinov2: str | None = Field(description="local Hugging Face Dinov2Model folder")
+    stage: int = Field(ge=0, description="encoder stage whose output is aligned (third: 2)")
+
+    @model_validator(mode="after")
+    def _path_when_used(self) -> "DistillParams":
+        if self.weight > 0 and not self.dinov2:
+            raise ValueError("weight > 0 needs dinov2 (a local Dinov2Model folder) or weight: 0")
+        return self
+
+
+class AETrainParams(Params):
+    """Video DC-AE training (RECIPE §2): phase 1 L1 + perceptual, phase 2 adds adversarial."""
+
+    frames: int = Field(ge=1, description="frames per training window")
+    crop: int = Field(ge=8, description="square crop side of a training window, px")
+    short_side: int | None = Field(
+        ge=8, description="resize clips to this short side before cropping; null: native size"
+    )
+    batch_size: int = Field(ge=1, description="windows per step per process")
+    seed: int = Field(ge=0, description="seeds init, window sampling and the discriminator")
+    device: Literal["cpu", "cuda"] = Field(description="where to train")
+    precision: Literal["fp32", "bf16"] = Field(description="bf16: autocast matmuls and convs")
+    lr: float = Field(gt=0.0, description="AdamW learning rate of the AE (paper 5e-5)")
+    betas: tuple[float, float] = Field(description="AdamW betas (paper 0.9, 0.999)")
+    eps: float = Field(gt=0.0, description="AdamW epsilon (paper 1e-15)")
+    weight_decay: float = Field(ge=0.0, description="AdamW weight decay (paper 0)")
+    grad_clip: float = Field(gt=0.0, description="max global gradient norm (paper 1)")
+    ema_decay: float | None = Field(
+        ge=0.0, lt=1.0, description="EMA of the weights, exported instead of the raw ones; null: off"
+    )
+    phase1_steps: int = Field(ge=0, description="steps of L1 + perceptual")
+    phase2_steps: int = Field(ge=0, description="further steps with the adversarial loss")
+    perceptual: PerceptualParams
+    adversarial: AdversarialParams
+    distill: DistillParams
+    log_every: int = Field(ge=1, description="steps between logged metrics")
+    checkpoint_every: int = Field(ge=1, description="steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _some_steps(self) -> "AETrainParams":
+        if self.phase1_steps + self.phase2_steps == 0:
+            raise ValueError("phase1_steps + phase2_steps must be > 0")
+        return self
+
+
+class TileParams(Params):
+    """Tiled encode/decode (osora.models.tiling); null sizes: no tiling along that axis."""
+
+    spatial: int | None = Field(ge=8, description="tile side, px")
+    temporal: int | None = Field(ge=1, description="tile length, frames")
+    overlap: float = Field(ge=0.0, lt=1.0, description="overlap share of a tile (paper 0.25)")
+
+
+class AEEvalParams(Params):
+    """Reconstruction metrics on held-out clips (the columns of RECIPE Table 1)."""
+
+    frames: int = Field(ge=1, description="frames of each clip evaluated, from its start")
+    short_side: int | None = Field(ge=8, description="resize clips to this short side; null: native")
+    max_clips: int = Field(ge=1, description="evaluate at most this many held-out clips")
+    device: Literal["cpu", "cuda"]
+    lpips_trunk: str | None = Field(description="VGG16 weights for the LPIPS column; null: omit")
+    lpips_heads: str | None = Field(description="LPIPS linear heads; null: omit the column")
+    tile: TileParams
+
+
+class AutoencoderChoice(Params):
+    """Which AE the latent stages use: the DC-AE trained by `ae_train`, or pretrained weights."""
+
+    kind: Literal["dcae", "hunyuan_vae"] = Field(description="architecture")
+    weights: str | None = Field(
+        description="pretrained checkpoint (original naming for hunyuan_vae); null: the DC-AE "
+        "that ae_train produced"
+    )
+
+    @model_validator(mode="after")
+    def _hunyuan_needs_weights(self) -> "AutoencoderChoice":
+        if self.kind == "hunyuan_vae" and not self.weights:
+            raise ValueError("kind hunyuan_vae needs weights: the released VAE checkpoint path")
+        return self
+
+
+class AEParams(Params):
+    dcae: DCAEParams
+    split: SplitParams
+    train: AETrainParams
+    eval: AEEvalParams
+    autoencoder: AutoencoderChoice
