@@ -127,10 +127,11 @@ class StageRun:
 
 @contextmanager
 def stage_run(
-    stage: str, settings: Settings, params_key: str, *, device: str = "cpu"
+    stage: str, settings: Settings, params_key: str | tuple[str, ...], *, device: str = "cpu"
 ) -> Iterator[StageRun]:
     """Open an MLflow run for one execution of `stage`, whose params are `params_key`
-    (a dotted path into the settings, e.g. "data.synth" — the same keys dvc.yaml tracks)."""
+    (a dotted path into the settings, e.g. "data.synth", or several — the same keys dvc.yaml
+    tracks)."""
     import mlflow
 
     resources = detect_resources(device)  # fails fast, e.g. on a GPU with no price
@@ -157,7 +158,8 @@ def stage_run(
 
     start = time.perf_counter()
     with mlflow.start_run(run_name=stage, tags=tags) as active:
-        params = flatten(params_key, section(settings, params_key))
+        keys = (params_key,) if isinstance(params_key, str) else params_key
+        params = {k: v for key in keys for k, v in flatten(key, section(settings, key)).items()}
         params["store.uri"] = settings.store.uri
         params["cost.device_kind"] = resources.device_kind
         mlflow.log_params(params)

@@ -127,8 +127,9 @@ def test_cli_reports_config_errors_in_one_line_and_exit_2():
 
 
 def test_dvc_tracks_the_keys_each_stage_reads():
-    """Each pipeline script names the settings section it reads (PARAMS, with `{...}` filled
-    by a foreach stage's item); dvc.yaml must list that section as a params dependency."""
+    """Each pipeline script names the settings sections it reads (PARAMS: one dotted key or a
+    tuple, with `{...}` filled by a foreach stage's item); dvc.yaml must list each of them as a
+    params dependency."""
     import importlib.util
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -140,11 +141,13 @@ def test_dvc_tracks_the_keys_each_stage_reads():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert module.STAGE == name
+        read = (module.PARAMS,) if isinstance(module.PARAMS, str) else module.PARAMS
         for item in items:
-            section, key = re.sub(r"\{\w+\}", str(item), module.PARAMS).split(".", 1)
             declared = [p for p in body["params"] if isinstance(p, dict)]
             tracked = {
                 f: [k.replace("${item}", str(item)) for k in keys or []]
                 for d in declared for f, keys in d.items()
             }
-            assert key in tracked.get(f"params/{section}.yaml", []), (name, item, tracked)
+            for dotted in read:
+                section, key = re.sub(r"\{\w+\}", str(item), dotted).split(".", 1)
+                assert key in tracked.get(f"params/{section}.yaml", []), (name, item, tracked)
