@@ -160,6 +160,32 @@ PYRAMID = pa.schema(
     ]
 )
 
+# DiT training latents of one pyramid level ("latents_<level>"), one row per clip, encoded at
+# its bucket size (osora.data.latents; read back with osora.data.latents.read_latent).
+LATENTS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the clip's id
+        pa.field("video_id", pa.string(), nullable=False),  # its source video
+        pa.field("text", pa.string()),  # the training text, as in the pyramid level
+        pa.field("fps", pa.float64()),  # of the clip: the encoded frames are consecutive
+        # The bucket, in pixels: the clip's first `frames` frames, resized to cover
+        # height × width and centre-cropped.
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        # The latent's values, C-order (C, T', H', W'), raw little-endian bytes of
+        # `latent_dtype`. Already in the DiT's scale when `dit_scale`: ae.to_dit(ae.encode(x)),
+        # so the DiT uses it as is and decoding takes ae.decode(ae.from_dit(z)).
+        pa.field("latent", pa.large_binary(), nullable=False),
+        pa.field("latent_dtype", pa.string(), nullable=False),  # float32, bfloat16 or float16
+        pa.field("latent_shape", pa.list_(pa.int32()), nullable=False),  # (C, T', H', W')
+        pa.field("dit_scale", pa.bool_(), nullable=False),
+        pa.field("ae_kind", pa.string(), nullable=False),  # "dcae" or "hunyuan_vae"
+        # sha256 of the AE weights file: latents of another AE are refused by DiT training.
+        pa.field("ae_sha256", pa.string(), nullable=False),
+    ]
+)
+
 # Rows a stage could not process, with the reason: bad input is set aside, never lost.
 QUARANTINE = pa.schema(
     [
@@ -181,9 +207,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "score_jitter": SCORE_JITTER,
     "captions": CAPTIONS,
 }
-# Tables whose name has one of these prefixes share a schema: "pyramid_<level>" and
-# "<stage>_quarantine" (suffix).
-FAMILIES: dict[str, pa.Schema] = {"pyramid_": PYRAMID}
+# Tables whose name has one of these prefixes share a schema: "pyramid_<level>",
+# "latents_<level>" and "<stage>_quarantine" (suffix).
+FAMILIES: dict[str, pa.Schema] = {"pyramid_": PYRAMID, "latents_": LATENTS}
 QUARANTINE_SUFFIX = "_quarantine"
 
 
@@ -196,7 +222,8 @@ def schema_of(name: str) -> pa.Schema:
     for prefix, schema in FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return schema
-    known = ", ".join([*sorted(SCHEMAS), "pyramid_<level>", "<stage>_quarantine"])
+    known = ", ".join([*sorted(SCHEMAS), *(f"{p}<level>" for p in FAMILIES),
+                       "<stage>_quarantine"])
     raise KeyError(
         f"no schema for table {name!r}: known tables are {known} (add one to osora/schemas.py)"
     )

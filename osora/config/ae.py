@@ -3,7 +3,7 @@ its training, its evaluation on held-out clips, and the latent precompute for Di
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from osora.config.base import Params
 
@@ -90,7 +90,8 @@ class AETrainParams(Params):
     weight_decay: float = Field(ge=0.0, description="AdamW weight decay (paper 0)")
     grad_clip: float = Field(gt=0.0, description="max global gradient norm (paper 1)")
     ema_decay: float | None = Field(
-        ge=0.0, lt=1.0, description="EMA of the weights, exported instead of the raw ones; null: off"
+        ge=0.0, lt=1.0,
+        description="EMA of the weights, exported instead of the raw ones; null: off",
     )
     phase1_steps: int = Field(ge=0, description="steps of L1 + perceptual")
     phase2_steps: int = Field(ge=0, description="further steps with the adversarial loss")
@@ -112,14 +113,16 @@ class TileParams(Params):
 
     spatial: int | None = Field(ge=8, description="tile side, px")
     temporal: int | None = Field(ge=1, description="tile length, frames")
-    overlap: float = Field(ge=0.0, lt=1.0, description="overlap share of a tile (paper 0.25)")
+    overlap: float = Field(ge=0.0, le=0.5, description="overlap share of a tile (paper 0.25)")
 
 
 class AEEvalParams(Params):
     """Reconstruction metrics on held-out clips (the columns of RECIPE Table 1)."""
 
     frames: int = Field(ge=1, description="frames of each clip evaluated, from its start")
-    short_side: int | None = Field(ge=8, description="resize clips to this short side; null: native")
+    short_side: int | None = Field(
+        ge=8, description="resize clips to this short side; null: native"
+    )
     max_clips: int = Field(ge=1, description="evaluate at most this many held-out clips")
     device: Literal["cpu", "cuda"]
     lpips_trunk: str | None = Field(description="VGG16 weights for the LPIPS column; null: omit")
@@ -135,11 +138,41 @@ class AutoencoderChoice(Params):
         description="pretrained checkpoint (original naming for hunyuan_vae); null: the DC-AE "
         "that ae_train produced"
     )
+    dit_patch: int = Field(
+        ge=1, description="the DiT's patch side on this AE's latents: latent buckets are "
+        "multiples of spatial_down × dit_patch, and D_token counts it (Open-Sora 2.0: 2 on "
+        "the HunyuanVideo VAE, 1 on the DC-AE)"
+    )
 
     @model_validator(mode="after")
     def _hunyuan_needs_weights(self) -> "AutoencoderChoice":
         if self.kind == "hunyuan_vae" and not self.weights:
             raise ValueError("kind hunyuan_vae needs weights: the released VAE checkpoint path")
+        return self
+
+
+class LatentsParams(Params):
+    """The latent precompute (stage `latents`): one pyramid level's clips encoded once, at their
+    bucket sizes (osora.train.buckets), so DiT training need not run the AE."""
+
+    level: str = Field(min_length=1, description="pyramid level whose clips are encoded")
+    resolution: int = Field(ge=8, description="bucket area ≈ resolution², aspect ratio kept, px")
+    frames: list[PositiveInt] = Field(
+        min_length=1, description="allowed bucket frame counts; each must fit the AE "
+        "(non-causal k·td, causal 1 + k·td); a clip takes the largest ≤ its own"
+    )
+    device: Literal["cpu", "cuda"] = Field(description="where the AE encodes")
+    precision: Literal["fp32", "bf16"] = Field(description="bf16: autocast the encoder")
+    storage_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        description="dtype of the stored latent bytes"
+    )
+    tile: TileParams = Field(description="tiled encoding; null sizes: one pass per clip")
+
+    @model_validator(mode="after")
+    def _frames_once(self) -> "LatentsParams":
+        repeated = sorted({f for f in self.frames if self.frames.count(f) > 1})
+        if repeated:
+            raise ValueError(f"frames lists {repeated} more than once; list each count once")
         return self
 
 
@@ -149,3 +182,4 @@ class AEParams(Params):
     train: AETrainParams
     eval: AEEvalParams
     autoencoder: AutoencoderChoice
+    latents: LatentsParams

@@ -46,7 +46,9 @@ class Levels:
 
 def joined_view(clips: pa.Table, scores: dict[str, pa.Table], captions: pa.Table) -> pa.Table:
     """One row per clip: its columns, every score (null where missing) and its caption."""
-    view = clips.select(["id", "video_id", "uri", "width", "height", "fps", "num_frames", "duration_s"])
+    view = clips.select(
+        ["id", "video_id", "uri", "width", "height", "fps", "num_frames", "duration_s"]
+    )
     for table, column in SCALAR_SCORES.items():
         view = view.join(scores[table].select(["id", column]), "id", join_type="left outer")
     view = view.join(captions.select(["id", "caption"]), "id", join_type="left outer")

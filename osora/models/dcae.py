@@ -364,13 +364,18 @@ class Encoder(nn.Module):
             self.stages.append(nn.Sequential(*layers))
         self.conv_out = conv3d(w[-1], cfg.latent_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, features_at: int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x → latent z; with `features_at` = i, (z, output of stage i) from the same pass."""
         x = self.conv_in(x)  # (B, C0, T, H, W)
-        for stage in self.stages:
+        features = None
+        for i, stage in enumerate(self.stages):
             x = stage(x)  # (B, C_{i+1}, T', H/2, W/2) after each down block
-        return self.conv_out(x) + unshuffle_average(
-            x, self.latent_channels, 1, 1
-        )  # (B, c, t, h, w)
+            if i == features_at:
+                features = x
+        z = self.conv_out(x) + unshuffle_average(x, self.latent_channels, 1, 1)  # (B, c, t, h, w)
+        return z if features_at is None else (z, features)
 
 
 class Decoder(nn.Module):
@@ -466,6 +471,31 @@ class DCAE(nn.Module):
             )
         self.latent_size(*x.shape[2:])
         return self.encoder(x)
+
+    def encode_with_features(
+        self, x: torch.Tensor, stage: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent, output of encoder stage `stage`) from one forward pass: the latent is
+        `encode(x)` exactly, the features what latent distillation aligns (osora.models.dinov2).
+
+        `stage` is 0-based; the "third stage" of the paper is 2. Stage i < last ends with its
+        down block, so its output has widths[i + 1] channels at H / 2^(i+1), W / 2^(i+1), time
+        halved by every temporal down block up to i (the last stage: widths[-1] at the latent
+        grid, before conv_out). For the paper config stage 2 gives (B, 512, T, H/8, W/8).
+        """
+        n = len(self.encoder.stages)
+        if not 0 <= stage < n:
+            raise ValueError(
+                f"DCAE.encode_with_features: stage must be in [0, {n - 1}], got {stage}"
+            )
+        c = self.config.in_channels
+        if x.ndim != 5 or x.shape[1] != c:
+            raise ValueError(
+                f"DCAE.encode_with_features: expected a video batch (B, {c}, T, H, W), got shape "
+                f"{tuple(x.shape)}"
+            )
+        self.latent_size(*x.shape[2:])
+        return self.encoder(x, features_at=stage)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latent (B, c, t, h, w) → video (B, 3, 4t, 32h, 32w) (one frame if t == 1)."""

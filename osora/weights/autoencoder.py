@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -15,10 +16,16 @@ from osora.weights.safetensors_io import load_weights, read_metadata, save_weigh
 CONFIG_KEY = "dcae_config"  # safetensors metadata: the DCAEConfig the weights belong to
 
 
-def save_dcae(model: DCAE, path: str | os.PathLike) -> Path:
-    """Weights plus the architecture they fit, so a reader can check before loading."""
-    config = json.dumps(vars(model.config), sort_keys=True)
-    return save_weights(model, path, metadata={CONFIG_KEY: config})
+def save_dcae(weights: DCAE | Mapping[str, torch.Tensor], path: str | os.PathLike,
+              config: DCAEConfig | None = None) -> Path:
+    """A DC-AE's weights (the model, or its full state dict with `config`) plus the
+    architecture they fit, so a reader can check before loading."""
+    if config is None:
+        if not isinstance(weights, DCAE):
+            raise ValueError("save_dcae: a state dict needs its config")
+        config = weights.config
+    return save_weights(weights, path,
+                        metadata={CONFIG_KEY: json.dumps(vars(config), sort_keys=True)})
 
 
 def load_dcae(path: str | os.PathLike, config: DCAEConfig, device: str = "cpu") -> DCAE:

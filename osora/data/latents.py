@@ -1,0 +1,327 @@
+"""Latent precompute: a pyramid level's clips encoded once by the AE, for DiT training.
+
+`LatentEncoder` is an Operator from a `pyramid_<level>` row to one `latents_<level>` row
+(schema in osora.schemas). For each clip it
+1. picks the clip's bucket (osora.train.buckets): the largest allowed frame count not above the
+   clip's, and the size of area ≈ resolution² with the clip's aspect ratio, sides multiples of
+   the AE's spatial compression × the DiT's patch; a clip shorter than every count is
+   quarantined with that reason;
+2. decodes the clip's first `frames` frames, resized (bicubic) to cover the bucket size, and
+   centre-crops them (the reference's resize-crop), scaled to [-1, 1];
+3. encodes them (tiled when params say so) and stores `ae.to_dit(z)`: the latent in the DiT's
+   scale, so DiT training uses it as is (`dit_scale` says so in every row) and a sample decodes
+   with `ae.decode(ae.from_dit(z))`.
+
+The latent is stored as raw little-endian bytes of `storage_dtype` with its dtype and shape in
+their own columns (`read_latent` turns a row back into a tensor). Raw bytes rather than a
+float list: a list column holds one dtype, and Arrow has no bfloat16; bytes keep whichever
+dtype the params ask for (bfloat16 halves the table; float32 round-trips exactly) at its exact
+size, and `torch.frombuffer` reads them without a copy per element.
+
+Every row carries the AE's kind and the sha256 of its weights file, so DiT training can refuse
+latents of another AE. The same hash, the AE's settings and the source of the code that decides
+the numbers (AE model, tiling, buckets, frame decoding) are the operator's fingerprint
+(`describe`): retrained weights or changed code re-encode everything instead of reusing the
+runner's work log.
+
+Cached text embeddings are not stored yet: they come with the text encoders (T5, CLIP) of the
+DiT issue, as further columns of this table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from osora.data.operator import Operator, OperatorError, Row
+from osora.train.buckets import Bucket, BucketSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from osora.config.ae import AEParams, LatentsParams
+    from osora.config.store import StoreSettings
+    from osora.models.autoencoder import AutoencoderSpec
+    from osora.store import Store
+
+STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+# -- the AE's geometry, without loading it ------------------------------------------------------
+
+
+def autoencoder_spec(ae: AEParams) -> AutoencoderSpec:
+    """The compression of the AE that params/ae.yaml:autoencoder chooses, from params alone (the
+    parent process needs it to check the buckets; the weights load in the workers)."""
+    from osora.models.autoencoder import HUNYUAN_VIDEO_VAE, AutoencoderSpec
+
+    if ae.autoencoder.kind == "hunyuan_vae":
+        return HUNYUAN_VIDEO_VAE
+    d = ae.dcae
+    return AutoencoderSpec(
+        "Video DC-AE", temporal_down=2 ** sum(d.temporal_down),
+        spatial_down=2 ** (len(d.widths) - 1), latent_channels=d.latent_channels,
+        causal=False, scaling_factor=d.scaling_factor,
+    )
+
+
+def weights_path(ae: AEParams, trained: str | Path) -> Path:
+    """The weights file the AE loads from: the configured checkpoint, else ae_train's DC-AE."""
+    return Path(ae.autoencoder.weights or trained)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB pieces; FileNotFoundError naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"AE weights {path} not found: run ae_train (dvc repro ae_train) or set "
+            "params/ae.yaml autoencoder.weights"
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_sha256(*modules: str) -> str:
+    """Hash of the source files of `modules`: code that decides the latents' values."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# -- latent bytes --------------------------------------------------------------------------------
+
+
+def _check_little_endian() -> None:
+    if sys.byteorder != "little":  # x86-64 and aarch64 are little-endian
+        raise RuntimeError("latent bytes are little-endian; this host is big-endian")
+
+
+def latent_columns(z: torch.Tensor, storage_dtype: str) -> dict[str, Any]:
+    """The latent columns of a row for latent `z` (C, T', H', W'), stored as `storage_dtype`."""
+    import torch
+
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {storage_dtype!r}: use one of {STORAGE_DTYPES}")
+    if z.ndim != 4:
+        raise ValueError(f"a latent is (C, T', H', W'), got shape {tuple(z.shape)}")
+    _check_little_endian()
+    flat = z.detach().to("cpu", getattr(torch, storage_dtype)).contiguous().reshape(-1)
+    return {
+        "latent": flat.view(torch.uint8).numpy().tobytes(),
+        "latent_dtype": storage_dtype,
+        "latent_shape": [int(s) for s in z.shape],
+    }
+
+
+def read_latent(row: Row) -> torch.Tensor:
+    """The latent of a `latents_<level>` row as a tensor (C, T', H', W') of its stored dtype,
+    in the DiT's scale when the row's `dit_scale` is true (always, for rows this module
+    wrote). ValueError naming the row when its bytes do not match its dtype and shape."""
+    import torch
+
+    name, shape = row.get("latent_dtype"), tuple(row.get("latent_shape") or ())
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"latent {row.get('id')}: unknown dtype {name!r} ({STORAGE_DTYPES})")
+    dtype = getattr(torch, name)
+    data = row["latent"]
+    want = math.prod(shape) * dtype.itemsize
+    if len(shape) != 4 or len(data) != want:
+        raise ValueError(
+            f"latent {row.get('id')}: {len(data)} bytes do not hold a {name} tensor of shape "
+            f"{shape} ({want} bytes); the row is corrupt, rerun the latents stage"
+        )
+    _check_little_endian()
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+
+# -- frames ----------------------------------------------------------------------------------------
+
+
+def cover_size(width: int, height: int, bucket: Bucket) -> tuple[int, int]:
+    """(width, height) of the clip scaled, aspect kept, to cover the bucket's height × width:
+    both sides ≥ the bucket's, one of them equal (up to rounding)."""
+    scale = max(bucket.width / width, bucket.height / height)
+    return max(bucket.width, round(width * scale)), max(bucket.height, round(height * scale))
+
+
+def centre_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The central height × width of frames (T, H, W, 3)."""
+    y0 = (frames.shape[1] - height) // 2
+    x0 = (frames.shape[2] - width) // 2
+    return frames[:, y0:y0 + height, x0:x0 + width]
+
+
+def to_model_input(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (1, 3, T, H, W) float32 in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(frames.copy()).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+    return x[None].float().div(127.5).sub(1.0)  # (1, 3, T, H, W)
+
+
+# -- the operator -------------------------------------------------------------------------------
+
+
+class LatentEncoder(Operator):
+    """One `latents_<level>` row per `pyramid_<level>` row (module doc). Construct in the parent
+    (checks the buckets against the AE and hashes the weights); `setup()` loads the AE once per
+    worker."""
+
+    def __init__(self, params: LatentsParams, ae: AEParams, trained: str | Path,
+                 store: StoreSettings):
+        from osora.models.tiling import TileSpec, latent_tile
+
+        self.output_table = f"latents_{params.level}"
+        self.params = params
+        self.ae_params = ae
+        spec = autoencoder_spec(ae)
+        try:
+            self.buckets = BucketSpec(
+                resolution=params.resolution,
+                multiple=spec.spatial_down * ae.autoencoder.dit_patch,
+                frame_counts=tuple(params.frames),
+                temporal_down=spec.temporal_down,
+                causal=spec.causal,
+            )
+        except ValueError as err:
+            raise ValueError(f"params/ae.yaml latents.frames, for the {spec.name}: {err}") from None
+        self.tiles = None
+        tile = params.tile
+        if tile.spatial is not None or tile.temporal is not None:
+            try:
+                self.tiles = TileSpec(tile.spatial, tile.temporal, tile.overlap)
+                latent_tile(tile.spatial, spec.spatial_down, tile.overlap, "spatial")
+                latent_tile(tile.temporal, spec.temporal_down, tile.overlap, "temporal")
+            except ValueError as err:
+                raise ValueError(f"params/ae.yaml latents.tile: {err}") from None
+        self.weights = str(weights_path(ae, trained))
+        self.ae_sha256 = file_sha256(self.weights)
+        self.spec = spec
+        self._store_settings = store
+        self._store: Store | None = None
+        self._ae = None
+
+    def describe(self) -> dict[str, Any]:
+        """What decides the latents: the params, the AE's settings, its weights' hash and the
+        code around the AE. Not where the weights or clips are read from."""
+        kind = self.ae_params.autoencoder.kind
+        model = "osora.models.dcae" if kind == "dcae" else "osora.models.hunyuan_vae"
+        return {
+            "params": self.params,
+            "autoencoder": kind,
+            "dcae": self.ae_params.dcae if kind == "dcae" else None,
+            "ae_sha256": self.ae_sha256,
+            "code": _source_sha256(model, "osora.models.tiling", "osora.train.buckets",
+                                   "osora.media.frames"),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers get the settings, never a loaded AE (each loads its own in setup)."""
+        return {**vars(self), "_ae": None, "_store": None}
+
+    def setup(self) -> None:
+        if self._ae is not None:
+            return
+        from osora.store import Store
+        from osora.weights.autoencoder import load_autoencoder
+
+        self._store = Store.from_settings(self._store_settings)
+        ae = load_autoencoder(self.ae_params, self.weights, self.params.device)
+        got = (ae.spatial_down, ae.temporal_down, ae.causal, ae.latent_channels)
+        want = (self.spec.spatial_down, self.spec.temporal_down, self.spec.causal,
+                self.spec.latent_channels)
+        if got != want:
+            raise RuntimeError(
+                f"the loaded AE has (spatial_down, temporal_down, causal, channels) {got}, "
+                f"params say {want}: fix osora.data.latents.autoencoder_spec"
+            )
+        self._ae = ae
+
+    def process(self, row: Row) -> list[Row]:
+        self.setup()
+        clip_id, uri = row["id"], row["uri"]
+        bucket = self.buckets.assign(int(row["width"]), int(row["height"]),
+                                     int(row["num_frames"]))
+        if bucket is None:
+            raise OperatorError(self._too_short(clip_id, row["num_frames"]))
+        with ExitStack() as stack:
+            try:
+                path = stack.enter_context(self._store.local_path(uri))
+            except FileNotFoundError:
+                path = None
+            if path is None or not path.is_file():
+                raise OperatorError(f"latents: clip {clip_id}: no file at {uri}")
+            try:
+                frames = self.read_frames(path, int(row["width"]), int(row["height"]), bucket)
+            except _bad_clip_errors() as err:
+                raise OperatorError(f"latents: clip {clip_id} ({uri}) cannot be decoded: "
+                                    f"{err}") from err
+        if frames.shape[0] < bucket.frames:  # fewer frames decodable than the table says
+            fewer = self.buckets.frames_for(frames.shape[0])
+            if fewer is None:
+                raise OperatorError(self._too_short(clip_id, frames.shape[0]))
+            bucket = Bucket(fewer, bucket.height, bucket.width)
+            frames = frames[:fewer]
+        z = self.encode(to_model_input(frames))  # (C, T', H', W') in the DiT's scale
+        return [{
+            "id": clip_id,
+            "video_id": row["video_id"],
+            "text": row.get("text"),
+            "fps": row.get("fps"),
+            "frames": bucket.frames,
+            "height": bucket.height,
+            "width": bucket.width,
+            **latent_columns(z, self.params.storage_dtype),
+            "dit_scale": True,
+            "ae_kind": self.ae_params.autoencoder.kind,
+            "ae_sha256": self.ae_sha256,
+        }]
+
+    def _too_short(self, clip_id: str, frames: int) -> str:
+        return (f"latents: clip {clip_id} has {frames} frames, fewer than the smallest bucket "
+                f"({self.buckets.frame_counts[0]} frames)")
+
+    @staticmethod
+    def read_frames(path: Path, width: int, height: int, bucket: Bucket) -> np.ndarray:
+        """The clip's first bucket.frames frames (fewer if it has fewer), resized to cover the
+        bucket and centre-cropped: (T, bucket.height, bucket.width, 3) uint8."""
+        from osora.media.frames import read_video
+
+        size = cover_size(width, height, bucket)
+        frames = read_video(path, size=size, max_frames=bucket.frames)  # (T, h, w, 3)
+        return centre_crop(frames, bucket.height, bucket.width)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (1, 3, T, H, W) in [-1, 1] → float32 latent (C, T', H', W'), DiT scale."""
+        import torch
+
+        from osora.models.tiling import tiled_encode
+
+        device = self.params.device
+        with torch.inference_mode(), torch.autocast(
+            device_type=device, dtype=torch.bfloat16, enabled=self.params.precision == "bf16"
+        ):
+            x = x.to(device)
+            z = self._ae.encode(x) if self.tiles is None else tiled_encode(self._ae, x,
+                                                                            self.tiles)
+        return self._ae.to_dit(z.float())[0].cpu()  # (C, T', H', W')
+
+
+def _bad_clip_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this clip file is bad": unreadable or truncated files."""
+    import av
+
+    return (OSError, ValueError, av.error.FFmpegError)

@@ -1,0 +1,1 @@
+"""Training: parallelism, the training loop, objectives and resumable checkpoints."""

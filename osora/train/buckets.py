@@ -1,0 +1,125 @@
+"""Buckets: the (frames, height, width) a clip is trained at (RECIPE §6).
+
+A pyramid level trains at one resolution r: a clip keeps its aspect ratio and gets the size
+whose area is about r² (h = r/√a, w = r·√a for a = width/height), each side rounded to the
+nearest multiple of the AE's spatial compression × the DiT's patch, so the latent grid divides
+into whole patches. 16:9 at 256 px with the HunyuanVideo VAE and patch 2 (multiple 16) gives
+192×336 and at 768 px 576×1024, the reference's bucket sizes. The clip is then resized to cover
+that size and centre-cropped (osora.data.latents).
+
+In time a clip goes to the largest allowed frame count not above its own frame count; every
+allowed count must be one the AE accepts (non-causal: T = k·td; causal: T = 1 + k·td). A clip
+shorter than the smallest count has no bucket.
+
+Pure Python (no torch): the data stages and the DiT loader share it. DiT training extends it
+with a batch size per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """A training shape in pixels: `frames` frames of `height`×`width`."""
+
+    frames: int
+    height: int
+    width: int
+
+    @property
+    def name(self) -> str:
+        """"33x192x336": frames × height × width."""
+        return f"{self.frames}x{self.height}x{self.width}"
+
+
+def fits_ae(frames: int, temporal_down: int, causal: bool) -> bool:
+    """Whether an AE with this temporal compression encodes `frames` frames: non-causal
+    T = k·td (k ≥ 1), causal T = 1 + k·td (k ≥ 0; 1 is a lone frame)."""
+    if causal:
+        return frames >= 1 and (frames - 1) % temporal_down == 0
+    return frames >= temporal_down and frames % temporal_down == 0
+
+
+def check_frame_counts(counts: Iterable[int], temporal_down: int,
+                       causal: bool) -> tuple[int, ...]:
+    """The allowed frame counts, ascending; ValueError naming every count the AE cannot take
+    (with the nearest counts it can) and any repeated count."""
+    if not isinstance(temporal_down, int) or temporal_down < 1:
+        raise ValueError(f"temporal_down must be an int ≥ 1, got {temporal_down!r}")
+    counts = list(counts)
+    if not counts:
+        raise ValueError("no frame counts given: list at least one bucket frame count")
+    repeated = sorted({c for c in counts if counts.count(c) > 1})
+    if repeated:
+        raise ValueError(f"frame counts repeated: {repeated}; list each count once")
+    bad = [c for c in counts if not isinstance(c, int) or not fits_ae(c, temporal_down, causal)]
+    if bad:
+        rule = (f"1 + k·{temporal_down}" if causal else f"k·{temporal_down}")
+        kind = "causal" if causal else "non-causal"
+        hints = ", ".join(f"{c} → {' or '.join(map(str, _nearest(c, temporal_down, causal)))}"
+                          for c in bad)
+        raise ValueError(
+            f"frame counts {bad} do not fit the {kind} AE (temporal_down {temporal_down}: "
+            f"counts must be {rule}); nearest valid: {hints}"
+        )
+    return tuple(sorted(counts))
+
+
+def _nearest(count: int, temporal_down: int, causal: bool) -> list[int]:
+    """The valid counts just below and above `count` (the one above when none is below)."""
+    base = 1 if causal else 0
+    k = max(0, (int(count) - base) // temporal_down)
+    below, above = base + k * temporal_down, base + (k + 1) * temporal_down
+    return [above] if below < (1 if causal else temporal_down) else [below, above]
+
+
+def bucket_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of area ≈ resolution² with the clip's aspect ratio, each side the
+    nearest multiple of `multiple` (at least one multiple)."""
+    for name, value in (("width", width), ("height", height), ("resolution", resolution),
+                        ("multiple", multiple)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int ≥ 1, got {value!r}")
+    root = math.sqrt(width / height)  # √a
+
+    def snap(x: float) -> int:
+        return max(multiple, math.floor(x / multiple + 0.5) * multiple)
+
+    return snap(resolution / root), snap(resolution * root)
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """How clips map to buckets at one resolution, for one AE and DiT patch.
+
+    multiple: spatial_down × the DiT's patch (bucket sides are multiples of it);
+    frame_counts: the allowed frame counts, each one the AE (temporal_down, causal) accepts.
+    """
+
+    resolution: int
+    multiple: int
+    frame_counts: tuple[int, ...]
+    temporal_down: int
+    causal: bool
+
+    def __post_init__(self) -> None:
+        counts = check_frame_counts(self.frame_counts, self.temporal_down, self.causal)
+        object.__setattr__(self, "frame_counts", counts)
+        bucket_size(1, 1, self.resolution, self.multiple)  # validates both
+
+    def frames_for(self, num_frames: int) -> int | None:
+        """The largest allowed count ≤ num_frames; None when the clip is shorter than all."""
+        fitting = [c for c in self.frame_counts if c <= num_frames]
+        return fitting[-1] if fitting else None
+
+    def assign(self, width: int, height: int, num_frames: int) -> Bucket | None:
+        """The bucket of a clip of width × height and num_frames; None when too short."""
+        frames = self.frames_for(num_frames)
+        if frames is None:
+            return None
+        h, w = bucket_size(width, height, self.resolution, self.multiple)
+        return Bucket(frames, h, w)

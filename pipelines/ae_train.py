@@ -1,0 +1,131 @@
+"""DVC stage `ae_train`: train the Video DC-AE on a pyramid level's training clips.
+
+One process on CPU (the tiny default), or sharded with FSDP2 under torchrun:
+    torchrun --nproc-per-node 8 pipelines/ae_train.py --pyramid ... --out ...
+Resumes from the newest checkpoint of an identical run (same params, same input table) that
+was interrupted; writes the weights (the EMA's when on) as safetensors.
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from osora.config import load_settings
+from osora.data.split import split_rows
+from osora.fileio import atomic_write_json
+from osora.lineage import read_receipt
+from osora.paths import workspace_root
+from osora.store import Store
+from osora.tracking import stage_run
+
+STAGE = "ae_train"
+PARAMS = ("ae.dcae", "ae.split", "ae.train")  # dvc.yaml tracks the same keys
+WEIGHTS_FILE = "dcae.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pyramid", type=Path, required=True, help="receipt of the pyramid")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the weights")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
+    parser.add_argument("--curve", type=Path, required=True, help="loss curve CSV (DVC plot)")
+    args = parser.parse_args()
+
+    import torch
+
+    from osora.train.ae_setup import build_objective, decode_clips
+    from osora.train.loop import LoopSettings, train
+    from osora.train.parallel import close_distributed, init_distributed, shard_model
+    from osora.weights.autoencoder import save_dcae
+
+    settings = load_settings()
+    params = settings.ae
+    store = Store.from_settings(settings.store)
+    dist = init_distributed(None if params.train.device == "cuda" else "gloo")
+    device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
+    if params.train.device == "cuda":
+        torch.cuda.set_device(device)
+    with stage_run(STAGE, settings, PARAMS, device=device) as run:
+        table = f"pyramid_{params.split.level}"
+        rows = run.read_input(store, args.pyramid, table).to_pylist()
+        train_rows, held_out = split_rows(rows, params.split.holdout_fraction)
+        videos = decode_clips(store, train_rows, params.train.short_side)
+
+        from osora.models.dcae import Decoder, EfficientViTBlock, Encoder, ResBlock
+
+        def shard(module):
+            if dist.world_size == 1:
+                return module
+            return shard_model(module, (ResBlock, EfficientViTBlock, Encoder, Decoder))
+
+        ae, objective = build_objective(params, device, shard)
+        from osora.train.clip_windows import ClipWindows
+
+        windows = ClipWindows(videos, params.train.frames, params.train.crop,
+                              params.train.batch_size, params.train.seed, dist.rank)
+        t = params.train
+        curve: list[dict[str, float]] = []
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            run.log_metrics(metrics, step=step)
+            curve.append({"step": step, **metrics})
+
+        ref = read_receipt(args.pyramid)[table]
+        fingerprint = hashlib.sha256(json.dumps(
+            [params.dcae.model_dump(), params.split.model_dump(), t.model_dump(), ref.version,
+             ref.uri, dist.world_size], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        result = train(
+            objective,
+            lambda step: windows(step).to(device),
+            LoopSettings(steps=t.phase1_steps + t.phase2_steps, grad_clip=t.grad_clip,
+                         log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                         precision=t.precision, device=device),
+            checkpoint_dir=workspace_root() / "checkpoints" / STAGE / fingerprint,
+            log=log,
+            rank=dist.rank,
+        )
+
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        def full_weights():
+            return get_model_state_dict(
+                ae, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+        if objective.ema is not None:
+            with objective.ema.swapped_in():
+                weights = full_weights()
+        else:
+            weights = full_weights()
+        if dist.rank == 0:
+            save_dcae(weights, args.out / WEIGHTS_FILE, ae.config)
+            metrics = {
+                "steps": result.steps_run + (result.resumed_from or 0),
+                "resumed_from": result.resumed_from or 0,
+                "train_clips": len(train_rows) - windows.skipped,
+                "held_out_clips": len(held_out),
+                "train_seconds": round(result.seconds, 2),
+                "parameters": sum(p.numel() for p in ae.parameters()),
+                **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()},
+            }
+            run.log_metrics(metrics)
+            atomic_write_json(args.metrics, metrics)
+            _write_curve(args.curve, curve)
+    close_distributed()
+
+
+def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r} - {"step"})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
