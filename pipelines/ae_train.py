@@ -35,9 +35,9 @@ def main() -> None:
 
     import torch
 
-    from osora.train.ae_setup import build_objective, decode_clips
+    from osora.train.ae_setup import build_objective, decode_clips, fsdp
     from osora.train.loop import LoopSettings, train
-    from osora.train.parallel import close_distributed, init_distributed, shard_model
+    from osora.train.parallel import close_distributed, init_distributed
     from osora.weights.autoencoder import save_dcae
 
     settings = load_settings()
@@ -53,14 +53,7 @@ def main() -> None:
         train_rows, held_out = split_rows(rows, params.split.holdout_fraction)
         videos = decode_clips(store, train_rows, params.train.short_side)
 
-        from osora.models.dcae import Decoder, EfficientViTBlock, Encoder, ResBlock
-
-        def shard(module):
-            if dist.world_size == 1:
-                return module
-            return shard_model(module, (ResBlock, EfficientViTBlock, Encoder, Decoder))
-
-        ae, objective = build_objective(params, device, shard)
+        ae, objective = build_objective(params, device, fsdp(dist.world_size))
         from osora.train.clip_windows import ClipWindows
 
         windows = ClipWindows(videos, params.train.frames, params.train.crop,
@@ -81,7 +74,8 @@ def main() -> None:
             lambda step: windows(step).to(device),
             LoopSettings(steps=t.phase1_steps + t.phase2_steps, grad_clip=t.grad_clip,
                          log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                         precision=t.precision, device=device),
+                         precision=t.precision, device=device, seed=t.seed,
+                         warmup_steps=t.warmup_steps, schedule=t.lr_schedule),
             checkpoint_dir=workspace_root() / "checkpoints" / STAGE / fingerprint,
             log=log,
             rank=dist.rank,

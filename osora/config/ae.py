@@ -93,6 +93,10 @@ class AETrainParams(Params):
         ge=0.0, lt=1.0,
         description="EMA of the weights, exported instead of the raw ones; null: off",
     )
+    warmup_steps: int = Field(ge=0, description="linear learning-rate warm-up, steps")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        description="after warm-up: constant (paper), or cosine decay to 0 at the last step"
+    )
     phase1_steps: int = Field(ge=0, description="steps of L1 + perceptual")
     phase2_steps: int = Field(ge=0, description="further steps with the adversarial loss")
     perceptual: PerceptualParams
@@ -139,7 +143,8 @@ class AutoencoderChoice(Params):
         "that ae_train produced"
     )
     dit_patch: int = Field(
-        ge=1, description="the DiT's patch side on this AE's latents: latent buckets are "
+        ge=1, description="the DiT's spatial patch side on this AE's latents (patches are "
+        "1 × p × p): latent buckets are "
         "multiples of spatial_down × dit_patch, and D_token counts it (Open-Sora 2.0: 2 on "
         "the HunyuanVideo VAE, 1 on the DC-AE)"
     )

@@ -37,6 +37,15 @@ def reconstruct(ae, x: torch.Tensor, tile: TileSpec | None) -> torch.Tensor:
     return tiled_decode(ae, tiled_encode(ae, x, tile), tile).clamp(-1, 1)
 
 
+def compression(ae, dit_patch: int) -> dict[str, float]:
+    """D_info (input values per latent value) and D_token (pixels per DiT token: the DiT's
+    patch is 1 × dit_patch × dit_patch) of an AE: RECIPE Table 1 and §2."""
+    return {
+        "d_info": d_info(ae.temporal_down, ae.spatial_down, ae.latent_channels),
+        "d_token": d_token(ae.temporal_down, ae.spatial_down, 1, dit_patch),
+    }
+
+
 def evaluate(ae, videos: list[torch.Tensor], *, tile: TileSpec | None = None, lpips=None,
              dit_patch: int = 1, device: str = "cpu") -> dict[str, float]:
     """Mean PSNR / SSIM (/ LPIPS) over `videos`, with the AE's D_info and D_token."""
@@ -47,9 +56,4 @@ def evaluate(ae, videos: list[torch.Tensor], *, tile: TileSpec | None = None, lp
         for name, value in scores.items():
             per_video.setdefault(name, []).append(value.cpu())
     means = summarize({k: torch.cat(v) for k, v in per_video.items()})
-    return {
-        **means,
-        "clips": len(videos),
-        "d_info": d_info(ae.temporal_down, ae.spatial_down, ae.latent_channels),
-        "d_token": d_token(ae.temporal_down, ae.spatial_down, dit_patch, dit_patch),
-    }
+    return {**means, "clips": len(videos), **compression(ae, dit_patch)}

@@ -93,9 +93,10 @@ class AEObjective:
                 loss = loss + self.w.distill * d
                 metrics["distill"] = d.item()
             if adversarial:
-                self.discriminator.requires_grad_(False)  # its step comes next, on its own loss
+                # This also leaves gradients on the discriminator; its own update zeroes them
+                # first. (Toggling requires_grad instead does not reach FSDP2's gathered
+                # parameters.)
                 g = hinge_g_loss(self.discriminator(recon))
-                self.discriminator.requires_grad_(True)
                 loss = loss + self.w.adversarial * g
                 metrics["g_hinge"] = g.item()
             return loss, metrics

@@ -9,10 +9,29 @@ from __future__ import annotations
 import torch
 
 from osora.config.ae import AEParams
-from osora.models.dcae import DCAE
+from osora.models.dcae import DCAE, DownBlock, EfficientViTBlock, ResBlock, UpBlock
 from osora.train.ae_objective import AELossWeights, AEObjective, adamw
 from osora.train.ema import EMA
 from osora.weights.autoencoder import dcae_config
+
+# The DC-AE's repeating blocks: each becomes one FSDP2 unit (gathered, run, resharded).
+DCAE_SHARD_UNITS = (ResBlock, EfficientViTBlock, DownBlock, UpBlock)
+
+
+def fsdp(world_size: int):
+    """The `shard` argument of `build_objective` for a run of `world_size` processes: FSDP2
+    over the DC-AE's blocks (a discriminator is sharded as one unit); identity alone."""
+    from osora.train.parallel import shard_model
+
+    def shard(module):
+        if world_size == 1:
+            return module
+        if isinstance(module, DCAE):
+            return shard_model(module, DCAE_SHARD_UNITS,
+                               forward_methods=("encode", "decode", "encode_with_features"))
+        return shard_model(module, ())
+
+    return shard
 
 
 def decode_clips(store, rows: list[dict], short_side: int | None, max_frames: int | None = None

@@ -7,12 +7,14 @@ adversarial phase, the discriminator's; DiT training yields one. The loop owns w
 shares: mixed precision, gradient clipping, the EMA, NaN checks, metric logging, resumable
 checkpoints every `checkpoint_every` steps and resuming from the newest one.
 
-Batches are a function of the step (`batch_for(step)`), not a stateful iterator, so a resumed run
-sees exactly the batches the uninterrupted run would have seen.
+Batches are a function of the step (`batch_for(step)`), not a stateful iterator, and the global
+RNG is reseeded from (seed, rank, step) at each step, so a resumed run sees exactly the batches
+and random draws the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -61,6 +63,9 @@ class LoopSettings:
     checkpoint_every: int
     precision: str = "fp32"  # "bf16": autocast to bfloat16
     device: str = "cpu"
+    seed: int = 0  # with the rank and step, seeds the step's randomness (dropout etc.)
+    warmup_steps: int = 0  # learning rates rise linearly from 0 over these steps
+    schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
 
 
 @dataclass
@@ -101,8 +106,14 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, float] = {}
     for step in range(start, settings.steps):
+        # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
+        # so a resumed run repeats the uninterrupted one without saving generator states.
+        torch.manual_seed(hash((settings.seed, rank, step)) % 2**63)
         batch = batch_for(step)
+        factor = lr_factor(step, settings)
         for update in objective.updates(batch, step):
+            for group in update.optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
             update.optimizer.zero_grad(set_to_none=True)
             with autocast:
                 loss, metrics = update.loss()
@@ -139,6 +150,18 @@ def train(
         seconds=time.perf_counter() - began,
         last=last,
     )
+
+
+def lr_factor(step: int, settings: LoopSettings) -> float:
+    """The multiplier of every optimizer's base learning rate at `step` (0-based)."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    if settings.schedule == "constant":
+        return 1.0
+    if settings.schedule == "cosine":
+        span = max(1, settings.steps - settings.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - settings.warmup_steps) / span))
+    raise ValueError(f"unknown schedule {settings.schedule!r}; use 'constant' or 'cosine'")
 
 
 def _full(norm: torch.Tensor) -> float:

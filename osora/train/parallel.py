@@ -17,7 +17,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -85,8 +90,12 @@ def shard_model(
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
+    forward_methods: tuple[str, ...] = (),
 ) -> nn.Module:
     """Shard `model` with FSDP2: every submodule that is an instance of `units`, then the root.
+
+    `forward_methods` names the root's entry points other than `forward` (an AE's `encode` and
+    `decode`): FSDP2 gathers the root's parameters only around registered methods.
 
     Each unit is one all-gather / reduce-scatter group, so peak memory is the sharded model plus
     one unsharded unit. `param_dtype` / `reduce_dtype` set FSDP2 mixed precision (compute and
@@ -113,6 +122,8 @@ def shard_model(
             )
     # The root's parameters are needed again at once by backward: keep them unsharded.
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    for name in forward_methods:
+        register_fsdp_forward_method(model, name)
     if _uses_gloo(mesh):
         _force_sum_on_gloo(model)
     return model

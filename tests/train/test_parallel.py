@@ -29,7 +29,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from osora.models.dcae import DCAE, DCAE_TINY, DownBlock, EfficientViTBlock, ResBlock, UpBlock
+from osora.models.dcae import DCAE, DCAE_TINY
+from osora.train.ae_setup import DCAE_SHARD_UNITS as UNITS
 from osora.train.parallel import (
     Dist,
     close_distributed,
@@ -38,7 +39,6 @@ from osora.train.parallel import (
     shard_model,
 )
 
-UNITS = (ResBlock, EfficientViTBlock, DownBlock, UpBlock)
 WORLD = 2
 LR = 1e-3
 RTOL_GRAD, ATOL_GRAD = 1e-4, 1e-8  # sharded vs `whole`: float32 rounding of the batch sum

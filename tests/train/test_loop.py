@@ -1,0 +1,131 @@
+"""The one training loop: updates in order, clipping, EMA, NaN guard, logging, and a resumed run
+that equals the uninterrupted one."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from osora.train.checkpoint import ModelOptimState
+from osora.train.ema import EMA
+from osora.train.loop import LoopSettings, NonFiniteLoss, Update, train
+
+
+class Regression:
+    """y = W x + b on fixed random data; batches are a function of the step."""
+
+    def __init__(self, seed: int = 0, lr: float = 0.2, ema: float | None = None,
+                 poison_at: int | None = None):
+        torch.manual_seed(seed)
+        self.model = nn.Linear(4, 2)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, eps=1e-15, weight_decay=0)
+        self.ema = EMA(self.model, ema) if ema is not None else None
+        self.poison_at = poison_at
+        self.seen: list[int] = []
+
+    @staticmethod
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(100 + step)
+        x = torch.randn(8, 4, generator=g)
+        return x, x @ torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, 1.0, -1.0]]).T + 0.25
+
+    def updates(self, batch, step):
+        self.seen.append(step)
+        x, y = batch
+
+        def loss():
+            err = ((self.model(x) - y) ** 2).mean()
+            if step == self.poison_at:
+                err = err * float("nan")
+            return err, {"mse": err.item()}
+
+        yield Update("reg", self.opt, list(self.model.parameters()), loss, ema=self.ema)
+
+    def state(self):
+        state = {"model": ModelOptimState(self.model, {"reg": self.opt})}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        return state
+
+
+def settings(steps: int, **kw) -> LoopSettings:
+    return LoopSettings(steps=steps, grad_clip=kw.pop("grad_clip", 1.0), log_every=2,
+                        checkpoint_every=kw.pop("checkpoint_every", 3), **kw)
+
+
+def test_training_reduces_the_loss_and_logs_every_n_steps():
+    run, logged = Regression(), []
+    result = train(run, Regression.batch, settings(40),
+                   log=lambda m, s: logged.append((s, m)))
+    assert [s for s, _ in logged] == list(range(2, 41, 2))
+    assert logged[-1][1]["reg/loss"] < 0.1 * logged[0][1]["reg/loss"]
+    assert {"reg/loss", "reg/grad_norm", "mse", "step_time_s"} <= set(logged[0][1])
+    assert result.steps_run == 40 and result.resumed_from is None
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    straight = Regression(ema=0.9)
+    train(straight, Regression.batch, settings(7))
+
+    first = Regression(ema=0.9)
+    train(first, Regression.batch, settings(3), checkpoint_dir=tmp_path)  # "crashes" after 3
+    second = Regression(seed=1, ema=0.9)  # a fresh process: other init, state from disk
+    result = train(second, Regression.batch, settings(7), checkpoint_dir=tmp_path)
+    assert result.resumed_from == 3 and second.seen == [3, 4, 5, 6]
+    for a, b in zip(straight.model.parameters(), second.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(straight.ema.shadow, second.ema.shadow):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006", "step_00000007"]
+
+
+def test_clipping_bounds_the_update_gradient():
+    run = Regression(lr=0.0)  # no movement: the logged norm is the raw norm before clipping
+    logged = []
+    train(run, Regression.batch, settings(2, grad_clip=1e-3), log=lambda m, s: logged.append(m))
+    raw = logged[0]["reg/grad_norm"]
+    assert raw > 1e-3
+    clipped = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in run.model.parameters()))
+    assert clipped == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step():
+    with pytest.raises(NonFiniteLoss, match="reg loss is nan at step 5"):
+        train(Regression(poison_at=5), Regression.batch, settings(10))
+
+
+def test_ema_matches_a_float64_reference():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    ema = EMA(model, 0.9)
+    reference = [p.detach().double().clone() for p in model.parameters()]
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        reference = [0.9 * r + 0.1 * p.detach().double()
+                     for r, p in zip(reference, model.parameters())]
+    for s, r in zip(ema.shadow, reference):
+        torch.testing.assert_close(s.double(), r, rtol=1e-6, atol=1e-6)
+    raw = [p.detach().clone() for p in model.parameters()]
+    with ema.swapped_in():
+        for p, s in zip(model.parameters(), ema.shadow):
+            assert torch.equal(p, s)
+    for p, r in zip(model.parameters(), raw):
+        assert torch.equal(p, r)
+
+
+def test_warmup_then_cosine_reaches_zero_and_applies_to_every_update():
+    from osora.train.loop import lr_factor
+
+    s = settings(10, warmup_steps=4, schedule="cosine")
+    factors = [lr_factor(step, s) for step in range(10)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == pytest.approx(1.0) and factors[-1] == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 5 / 6)))
+    run = Regression(lr=0.1)
+    train(run, Regression.batch, settings(3, warmup_steps=4))
+    assert run.opt.param_groups[0]["lr"] == pytest.approx(0.075)
+    assert run.opt.param_groups[0]["initial_lr"] == 0.1
