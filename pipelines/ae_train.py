@@ -8,8 +8,6 @@ was interrupted; writes the weights (the EMA's when on) as safetensors.
 
 import argparse
 import csv
-import hashlib
-import json
 from pathlib import Path
 
 from osora.config import load_settings
@@ -36,6 +34,8 @@ def main() -> None:
     import torch
 
     from osora.train.ae_setup import build_objective, decode_clips, fsdp
+    from osora.train.checkpoint import run_folder
+    from osora.train.clip_windows import ClipWindows
     from osora.train.loop import LoopSettings, train
     from osora.train.parallel import close_distributed, init_distributed
     from osora.weights.autoencoder import save_dcae
@@ -54,8 +54,6 @@ def main() -> None:
         videos = decode_clips(store, train_rows, params.train.short_side)
 
         ae, objective = build_objective(params, device, fsdp(dist.world_size))
-        from osora.train.clip_windows import ClipWindows
-
         windows = ClipWindows(videos, params.train.frames, params.train.crop,
                               params.train.batch_size, params.train.seed, dist.rank)
         t = params.train
@@ -66,9 +64,8 @@ def main() -> None:
             curve.append({"step": step, **metrics})
 
         ref = read_receipt(args.pyramid)[table]
-        fingerprint = hashlib.sha256(json.dumps(
-            [params.dcae.model_dump(), params.split.model_dump(), t.model_dump(), ref.version,
-             ref.uri, dist.world_size], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        checkpoints = run_folder(workspace_root() / "checkpoints" / STAGE, params.dcae,
+                                 params.split, t, ref.uri, ref.version, dist.world_size)
         result = train(
             objective,
             lambda step: windows(step).to(device),
@@ -76,25 +73,12 @@ def main() -> None:
                          log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                          precision=t.precision, device=device, seed=t.seed,
                          warmup_steps=t.warmup_steps, schedule=t.lr_schedule),
-            checkpoint_dir=workspace_root() / "checkpoints" / STAGE / fingerprint,
+            checkpoint_dir=checkpoints,
             log=log,
             rank=dist.rank,
         )
 
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
-
-        def full_weights():
-            return get_model_state_dict(
-                ae, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-        if objective.ema is not None:
-            with objective.ema.swapped_in():
-                weights = full_weights()
-        else:
-            weights = full_weights()
+        weights = objective.exported_weights()  # collective: every rank calls
         if dist.rank == 0:
             save_dcae(weights, args.out / WEIGHTS_FILE, ae.config)
             metrics = {

@@ -17,7 +17,7 @@ from torch import nn
 
 from osora.models.dcae import DCAE
 from osora.models.losses import hinge_d_loss, hinge_g_loss
-from osora.train.checkpoint import ModelOptimState
+from osora.train.checkpoint import ModelOptimState, full_state_dict
 from osora.train.ema import EMA
 from osora.train.loop import Update
 
@@ -111,6 +111,13 @@ class AEObjective:
 
             yield Update("disc", self.disc_optimizer, list(self.discriminator.parameters()),
                          disc_loss)
+
+    def exported_weights(self) -> dict[str, torch.Tensor]:
+        """The AE's full weights to export (the EMA's when on), on rank 0 (a collective)."""
+        if self.ema is None:
+            return full_state_dict(self.ae)
+        with self.ema.swapped_in():
+            return full_state_dict(self.ae)
 
     def state(self) -> dict[str, Any]:
         ae_modules = nn.ModuleDict({"ae": self.ae})

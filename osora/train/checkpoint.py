@@ -20,7 +20,9 @@ FSDP2-sharded alike), `ValueState` for plain values (counters, RNG states, EMA s
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import pickle
 import re
 import shutil
@@ -37,6 +39,7 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -268,3 +271,19 @@ class _MetadataUnpickler(pickle.Unpickler):
 def _check_metadata(index: Path) -> None:
     with open(index, "rb") as f:
         _MetadataUnpickler(f).load()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights in CPU memory for export (safetensors): gathered from the
+    FSDP2 shards onto rank 0 (other ranks get {} but must call too: it is a collective), or a
+    plain model's own."""
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def run_folder(root: Path, *identity: Any) -> Path:
+    """`root/<16 hex>`: one folder per run identity (params, input version, world size…), so a
+    rerun of the same run resumes its checkpoints and a changed run starts fresh."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    return Path(root) / digest.hexdigest()[:16]
