@@ -63,6 +63,9 @@ def _results(args: argparse.Namespace) -> int:
     print("Metrics (`dvc metrics show`):")
     for metrics in sorted((root / "metrics").glob("*.json")):
         print(f"  {metrics.relative_to(root)}: {json.dumps(json.loads(metrics.read_text()))}")
+    print("Trained weights (safetensors):")
+    for weights in sorted((root / "models").rglob("*.safetensors")):
+        print(f"  {weights.relative_to(root)}: {weights.stat().st_size / 1e6:.1f} MB")
     print("Synthetic demo videos:", root / "data" / "synth")
     samples = root / "samples"
     print("Sample videos:", samples if samples.is_dir() else "none yet (no sampling stage has run)")

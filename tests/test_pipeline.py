@@ -129,6 +129,7 @@ def test_every_bad_synthetic_video_is_dropped_for_its_reason(clone):
 def test_results_command_points_at_tables_and_mlflow_ui(clone):
     out = sh(str(BIN / "osora"), "results", cwd=clone)
     assert "videos: version" in out
+    assert "models/ae/dcae.safetensors" in out
     assert f"--backend-store-uri sqlite:///{clone / 'mlflow' / 'mlflow.db'}" in out
     assert "--host 127.0.0.1" in out
 

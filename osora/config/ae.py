@@ -38,8 +38,8 @@ class PerceptualParams(Params):
     """LPIPS (VGG16 trunk + linear heads) from local files; weight 0 turns it off."""
 
     weight: float = Field(ge=0.0, description="loss weight (paper 0.5)")
-    trunk: str | None = Field(description="VGG16 weights (.safetensors or torchvision .pth)")
-    heads: str | None = Field(description="LPIPS linear heads (.safetensors or lpips .pth)")
+    trunk: str | None = Field(description="VGG16 trunk weights, .safetensors (torchvision keys)")
+    heads: str | None = Field(description="LPIPS linear heads, .safetensors (lpips keys)")
 
     @model_validator(mode="after")
     def _paths_when_used(self) -> "PerceptualParams":
