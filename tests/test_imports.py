@@ -9,9 +9,11 @@ LIGHT = ("osora.models.dcae", "osora.models.hunyuan_vae", "osora.models.discrimi
          "osora.models.losses", "osora.models.dinov2", "osora.models.lpips",
          "osora.models.tiling", "osora.train.loop", "osora.train.parallel",
          "osora.train.checkpoint", "osora.train.ema", "osora.train.ae_objective",
-         "osora.train.clip_windows", "osora.train.buckets")
+         "osora.train.clip_windows", "osora.train.buckets", "osora.models.mmdit",
+         "osora.models.rope", "osora.models.attention", "osora.diffusion.flow",
+         "osora.diffusion.conditioning", "osora.diffusion.guidance", "osora.diffusion.sampler")
 HEAVY = ("lance", "pyarrow", "mlflow", "dvc", "av", "transformers", "cv2", "pydantic", "yaml",
-         "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna")
+         "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna", "torchvision", "triton")
 
 
 def run(code: str) -> str:

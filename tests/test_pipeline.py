@@ -27,7 +27,7 @@ def sh(*cmd: str, cwd: Path) -> str:
     }
     for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
         env.pop(var, None)
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
