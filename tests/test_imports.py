@@ -11,9 +11,11 @@ LIGHT = ("osora.models.dcae", "osora.models.hunyuan_vae", "osora.models.discrimi
          "osora.train.checkpoint", "osora.train.ema", "osora.train.ae_objective",
          "osora.train.clip_windows", "osora.train.buckets", "osora.models.mmdit",
          "osora.models.rope", "osora.models.attention", "osora.diffusion.flow",
-         "osora.diffusion.conditioning", "osora.diffusion.guidance", "osora.diffusion.sampler")
+         "osora.diffusion.conditioning", "osora.diffusion.guidance", "osora.diffusion.sampler",
+         "osora.models.text", "osora.train.flow_objective", "osora.kernels")
 HEAVY = ("lance", "pyarrow", "mlflow", "dvc", "av", "transformers", "cv2", "pydantic", "yaml",
-         "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna", "torchvision", "triton")
+         "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna", "torchvision", "triton",
+         "safetensors", "sentence_transformers")
 
 
 def run(code: str) -> str:

@@ -14,6 +14,9 @@ and records in the header what was shared:
 The header also carries `format: pt` (what transformers/diffusers expect) and the caller's
 metadata, which must be str → str. Keys starting with `osora.` are reserved.
 
+`read_safetensors_checkpoint` reads released checkpoints for the importers (flux.py,
+opensora_v2.py): one file, or shards listed by a `*.safetensors.index.json`.
+
 safetensors is imported where it is used, so `osora.weights` imports with torch alone.
 """
 
@@ -258,3 +261,76 @@ def load_weights(
     if problems:
         raise ValueError(f"{path} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems))
     return model.load_state_dict(tensors, strict=strict)
+
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _index_file(folder: Path) -> Path | None:
+    indexes = sorted(folder.glob(f"*{INDEX_SUFFIX}"))
+    if len(indexes) > 1:
+        raise ValueError(
+            f"{folder} holds several shard indexes ({', '.join(p.name for p in indexes)}); "
+            "give the path of the one to load"
+        )
+    return indexes[0] if indexes else None
+
+
+def read_safetensors_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Tensors of a released checkpoint: one .safetensors file, or a sharded one.
+
+    `path` is a .safetensors file, a `*.safetensors.index.json` (the Hugging Face layout:
+    {"weight_map": {tensor name: shard file name}}), or a folder holding exactly one such index
+    (or, without an index, exactly one .safetensors file). Returns ({name: tensor}, {name: file
+    it came from}), so a caller can name the file of a bad tensor. Raises ValueError for an
+    index that names a missing shard, a tensor its shard lacks, or a tensor in two shards;
+    FileNotFoundError when nothing is at `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        index = _index_file(path)
+        if index is None:
+            files = sorted(path.glob("*.safetensors"))
+            if len(files) != 1:
+                raise ValueError(
+                    f"{path} has no *{INDEX_SUFFIX} and {len(files)} .safetensors files; give "
+                    "a folder with a shard index, or the path of one .safetensors file"
+                )
+            path = files[0]
+        else:
+            path = index
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.name.endswith(INDEX_SUFFIX):
+        tensors, _ = _read(path, device)
+        return tensors, dict.fromkeys(tensors, path)
+
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a shard index with a weight_map: {err}") from None
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        shards.setdefault(shard, []).append(name)
+    for shard in shards:
+        if Path(shard).name != shard or not (path.parent / shard).is_file():
+            raise ValueError(f"{path} names shard {shard!r}, which is not a file beside it")
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for shard, names in shards.items():
+        file = path.parent / shard
+        got, _ = _read(file, device)
+        absent = [name for name in names if name not in got]
+        if absent:
+            raise ValueError(
+                f"{file} lacks tensors its index {path.name} places there: {', '.join(absent)}"
+            )
+        for name, tensor in got.items():
+            if name in origin:
+                raise ValueError(f"tensor {name!r} is in two shards: {origin[name]} and {file}")
+            tensors[name], origin[name] = tensor, file
+    return tensors, origin
