@@ -123,3 +123,16 @@ def synth_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synth")
     videos = generate(load_settings(params_dir=REPO_ROOT / "params").data.synth, folder)
     return folder, videos
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread per test: `pytest -n 2` runs two workers on 2 cores, and two
+    threads each oversubscribe them (up to 10× slower); the tests' tensors are too small to gain
+    from more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

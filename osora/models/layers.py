@@ -1,34 +1,15 @@
-"""Building blocks shared by the models: normalisations and adaLN modulation.
+"""Norm layers shared by the models.
 
-Pure torch. Each norm computes in float32 at least (float64 stays float64) and returns the
-input's dtype, so bf16 training normalises as precisely as fp32. The small pure functions
-(`rms_norm`, `modulate`) are the torch references that fused kernels in osora/kernels match.
+Each norm computes in float32 at least (float64 stays float64) and returns the input's dtype,
+so bf16 training normalises as precisely as fp32. RMSNorm runs osora.kernels.rms_norm (fused
+Triton on GPUs, its torch reference elsewhere); the MMDiT's LayerNorm + adaLN modulation is
+osora.kernels.modulate.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6
-) -> torch.Tensor:
-    """RMS norm over the last dimension: x / sqrt(mean(x², -1) + eps) · weight.
-
-    (..., D) → (..., D), computed in float32 at least and returned in x's dtype before the
-    scale is applied (as RMSNorm below and FLUX's QK norm do).
-    """
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    xf = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
-    out = xf.to(x.dtype)
-    return out if weight is None else out * weight
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x · (1 + scale) + shift, shift/scale broadcast over x, e.g. (B, 1, D)
-    against (B, N, D)."""
-    return x * (1 + scale) + shift
 
 
 class RMSNorm(nn.Module):
@@ -45,9 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        xf = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + self.eps)
-        return xf.to(x.dtype) * self.weight
+        from osora.kernels import rms_norm  # the fused Triton op on GPUs, torch elsewhere
+
+        return rms_norm(x, self.weight, self.eps)
 
 
 class ChannelRMSNorm(nn.Module):

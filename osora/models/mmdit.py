@@ -11,6 +11,8 @@ guidance scale for a guidance-distilled FLUX-dev) drives adaLN modulation everyw
 - `depth_single` single-stream blocks over the concatenated sequence: one fused linear yields
   q, k, v and the MLP input, a second maps [attention; GELU-tanh(MLP)] back (3 adaLN vectors).
 - final layer: LayerNorm, adaLN shift/scale, linear to C·p² per token; tokens → (B, C, T, H, W).
+  Every LayerNorm + modulation pair is one fused op (osora.kernels.modulate), as are the QK
+  RMS norm and RoPE: Triton on GPUs, their torch references elsewhere.
 
 Attention runs 3D RoPE (osora/models/rope.py: text positions 0, video (t, h, w) grid
 coordinates) and torch's scaled_dot_product_attention (osora/models/attention.py). The model
@@ -43,8 +45,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from osora.kernels import modulate as norm_modulate
 from osora.models.attention import attention
-from osora.models.layers import RMSNorm, modulate
+from osora.models.layers import RMSNorm
 from osora.models.rope import (
     LAYOUTS,
     grid_positions,
@@ -253,14 +256,10 @@ class DoubleStreamBlock(nn.Module):
         dim = cfg.hidden_size
         self.rope_layout = cfg.rope_layout
         self.img_mod = Modulation(dim, 6)
-        self.img_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.img_attn = SelfAttention(dim, cfg.num_heads, cfg.qkv_bias)
-        self.img_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.img_mlp = _mlp(dim, cfg.mlp_hidden)
         self.txt_mod = Modulation(dim, 6)
-        self.txt_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.txt_attn = SelfAttention(dim, cfg.num_heads, cfg.qkv_bias)
-        self.txt_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.txt_mlp = _mlp(dim, cfg.mlp_hidden)
 
     def forward(
@@ -275,10 +274,10 @@ class DoubleStreamBlock(nn.Module):
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(vec)
 
         img_q, img_k, img_v = self.img_attn.qkv_heads(
-            modulate(self.img_norm1(img), i_shift1, i_scale1)
+            norm_modulate(img, i_shift1, i_scale1)
         )  # (B, H, N, D) each
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(
-            modulate(self.txt_norm1(txt), t_shift1, t_scale1)
+            norm_modulate(txt, t_shift1, t_scale1)
         )  # (B, H, L, D) each
         q = torch.cat([txt_q, img_q], dim=2)  # (B, H, L + N, D)
         k = torch.cat([txt_k, img_k], dim=2)
@@ -287,9 +286,9 @@ class DoubleStreamBlock(nn.Module):
         txt_out, img_out = out[:, : txt.shape[1]], out[:, txt.shape[1] :]
 
         img = img + i_gate1 * self.img_attn.proj(img_out)
-        img = img + i_gate2 * self.img_mlp(modulate(self.img_norm2(img), i_shift2, i_scale2))
+        img = img + i_gate2 * self.img_mlp(norm_modulate(img, i_shift2, i_scale2))
         txt = txt + t_gate1 * self.txt_attn.proj(txt_out)
-        txt = txt + t_gate2 * self.txt_mlp(modulate(self.txt_norm2(txt), t_shift2, t_scale2))
+        txt = txt + t_gate2 * self.txt_mlp(norm_modulate(txt, t_shift2, t_scale2))
         return img, txt
 
 
@@ -306,7 +305,6 @@ class SingleStreamBlock(nn.Module):
         self.linear1 = nn.Linear(dim, 3 * dim + self.mlp_hidden)  # q, k, v, MLP input
         self.linear2 = nn.Linear(dim + self.mlp_hidden, dim)  # [attention; MLP] → dim
         self.norm = QKNorm(cfg.head_dim)
-        self.pre_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(dim, 3)
 
@@ -318,7 +316,7 @@ class SingleStreamBlock(nn.Module):
         mask: torch.Tensor | None = None,  # (B, L + N) bool key mask
     ) -> torch.Tensor:
         shift, scale, gate = self.modulation(vec)  # (B, 1, dim) each
-        qkv, mlp = self.linear1(modulate(self.pre_norm(x), shift, scale)).split(
+        qkv, mlp = self.linear1(norm_modulate(x, shift, scale)).split(
             [3 * self.dim, self.mlp_hidden], dim=-1
         )  # (B, L + N, 3·dim), (B, L + N, mlp_hidden)
         q, k, v = rearrange(qkv, "b n (k h d) -> k b h n d", k=3, h=self.num_heads)
@@ -332,13 +330,12 @@ class LastLayer(nn.Module):
 
     def __init__(self, dim: int, out_features: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, out_features)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)  # (B, 1, dim)
-        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, out_features)
+        return self.linear(norm_modulate(x, shift, scale))  # (B, N, out_features)
 
 
 class MMDiT(nn.Module):

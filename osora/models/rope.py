@@ -115,9 +115,15 @@ def apply_rope(
             f"apply_rope: freqs must be (N, D/2, 2) or (B, N, D/2, 2) = (..., {n}, {d // 2}, 2) "
             f"for q {tuple(q.shape)}, got {tuple(freqs.shape)}"
         )
-    if freqs.ndim == 4:
-        freqs = freqs[:, None]  # (B, 1, N, D/2, 2): broadcast over heads
-    cos, sin = freqs[..., 0], freqs[..., 1]  # (..., N, D/2)
+    if freqs.ndim == 3:
+        # Positions shared by the batch (the model's case): the fused Triton op on GPUs, its
+        # torch reference elsewhere (osora.kernels; same math as `_rotate`).
+        from osora.kernels import apply_rope as fused_rope
+
+        cos, sin = freqs[..., 0], freqs[..., 1]  # (N, D/2)
+        return fused_rope(q, cos, sin, layout), fused_rope(k, cos, sin, layout)
+    freqs = freqs[:, None]  # (B, 1, N, D/2, 2): broadcast over heads
+    cos, sin = freqs[..., 0], freqs[..., 1]  # (B, 1, N, D/2)
     return _rotate(q, cos, sin, layout), _rotate(k, cos, sin, layout)
 
 

@@ -31,16 +31,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread per test: `pytest -n 2` runs two workers on 2 cores, and two threads
-    each oversubscribe them (10× slower on a busy machine); these tensors are too small to gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def transformers():
     """transformers, imported when a test needs it (not at collection, in every worker)."""

@@ -19,16 +19,6 @@ from osora.models.discriminator import (
 from osora.models.losses import hinge_d_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread per test: `pytest -n 2` runs two workers on 2 cores, and two threads
-    each oversubscribe them (10× slower on a busy machine); these tensors are too small to gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _count(cfg: Discriminator3DConfig) -> int:
     with torch.device("meta"):
         return sum(p.numel() for p in Discriminator3D(cfg).parameters())

@@ -26,15 +26,6 @@ PROMPTS = ["a cat sits on the mat", "a red car drives fast down the road",
 T5_LEN = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread per test: `pytest -n 2` runs two workers on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def transformers():
     return pytest.importorskip("transformers")

@@ -17,14 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 AE = load_settings(params_dir=REPO / "params").ae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_lpips(folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(3)
     state = LPIPS(widths=(4, 8, 8, 16, 16)).state_dict()

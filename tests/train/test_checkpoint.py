@@ -29,16 +29,6 @@ from osora.train.parallel import close_distributed, init_distributed, shard_mode
 UNITS = (ResBlock, EfficientViTBlock, DownBlock, UpBlock)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread per test: `pytest -n 2` runs two workers on 2 cores, and two threads
-    each oversubscribe them (10× slower on a busy machine); these tensors are too small to gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,14 +16,6 @@ STEPS = 500
 pytestmark = pytest.mark.slow  # ~75 s on 2 cores
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def clips_and_texts():
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, CONFIG.in_channels, 2, 4, 4, generator=g)  # (B, C, T, H, W)

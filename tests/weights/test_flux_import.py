@@ -6,19 +6,31 @@ guidance dropping, the autoencoder switch, sharded folders, errors, export.
 `src/flux/modules/layers.py` (EmbedND, MLPEmbedder, RMSNorm `.scale`, QKNorm, SelfAttention
 with fused qkv, Modulation, DoubleStreamBlock, SingleStreamBlock with linear1/linear2,
 LastLayer) and `src/flux/math.py` (rope as 2×2 rotation matrices on interleaved pairs,
-apply_rope), kept in float64. It shares no code with osora.
+apply_rope), kept in float64; the modules it shares with Open-Sora v2 are in
+flux_family_reference.py. It shares no code with osora.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+from flux_family_reference import (
+    F64,
+    MLPEmbedderRef,
+    RefMMDiT,
+    pack,
+    position_ids,
+    random_latents_and_text,
+    randomise,
+    ref_timestep_embedding,
+    rope_angles,
+)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,7 +50,6 @@ from osora.weights.safetensors_io import (
     save_weights,
 )
 
-F64 = torch.float64
 # A tiny osora config: 4 latent channels in 2×2 patches (FLUX's img_in width 16), head dim 16.
 CFG = MMDiTConfig(
     in_channels=4,
@@ -58,20 +69,11 @@ SRC_IN = CFG.in_channels * CFG.patch_size**2  # FLUX's (patchified) in_channels
 
 
 # --------------------------------------------------------------------------------------------
-# The reference: FLUX's module tree and forward
-
-
-def ref_timestep_embedding(t, dim=256, max_period=10000, time_factor=1000.0):
-    t = time_factor * t
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t)
+# The reference: FLUX's module tree and forward (the shared modules in flux_family_reference)
 
 
 def ref_rope(pos, dim, theta):  # (B, L) → (B, L, dim/2, 2, 2) rotation matrices
-    scale = torch.arange(0, dim, 2, dtype=F64) / dim
-    out = torch.einsum("...n,d->...nd", pos, 1.0 / theta**scale)
+    out = rope_angles(pos, dim, theta)
     out = torch.stack([out.cos(), -out.sin(), out.sin(), out.cos()], dim=-1)
     return rearrange(out, "b n d (i j) -> b n d i j", i=2, j=2)
 
@@ -81,140 +83,17 @@ def ref_apply_rope(xq, freqs_cis):  # interleaved pairs (2j, 2j + 1)
     return (freqs_cis[..., 0] * xq_[..., 0] + freqs_cis[..., 1] * xq_[..., 1]).reshape(xq.shape)
 
 
-def ref_attention(q, k, v, pe):
-    q, k = ref_apply_rope(q, pe), ref_apply_rope(k, pe)
-    return rearrange(F.scaled_dot_product_attention(q, k, v), "B H L D -> B L (H D)")
-
-
-class RMSNormRef(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * self.scale
-
-
-class QKNormRef(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.query_norm, self.key_norm = RMSNormRef(dim), RMSNormRef(dim)
-
-
-class MLPEmbedderRef(nn.Module):
-    def __init__(self, in_dim, hidden):
-        super().__init__()
-        self.in_layer, self.out_layer = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden)
-
-    def forward(self, x):
-        return self.out_layer(F.silu(self.in_layer(x)))
-
-
-class SelfAttentionRef(nn.Module):
-    def __init__(self, dim, heads, qkv_bias):
-        super().__init__()
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.norm = QKNormRef(dim // heads)
-        self.proj = nn.Linear(dim, dim)
-
-
-class ModulationRef(nn.Module):
-    def __init__(self, dim, n):
-        super().__init__()
-        self.n, self.lin = n, nn.Linear(dim, n * dim)
-
-    def forward(self, vec):
-        return self.lin(F.silu(vec))[:, None, :].chunk(self.n, dim=-1)
-
-
-def ln(x):
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
-
-
-def mlp(dim, hidden):
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU("tanh"), nn.Linear(hidden, dim))
-
-
-class DoubleBlockRef(nn.Module):
-    def __init__(self, dim, heads, mlp_hidden, qkv_bias):
-        super().__init__()
-        self.heads = heads
-        self.img_mod = ModulationRef(dim, 6)
-        self.img_attn = SelfAttentionRef(dim, heads, qkv_bias)
-        self.img_mlp = mlp(dim, mlp_hidden)
-        self.txt_mod = ModulationRef(dim, 6)
-        self.txt_attn = SelfAttentionRef(dim, heads, qkv_bias)
-        self.txt_mlp = mlp(dim, mlp_hidden)
-
-    def qkv(self, attn, x):
-        q, k, v = rearrange(attn.qkv(x), "B L (K H D) -> K B H L D", K=3, H=self.heads)
-        return attn.norm.query_norm(q), attn.norm.key_norm(k), v
-
-    def forward(self, img, txt, vec, pe):
-        i1s, i1c, i1g, i2s, i2c, i2g = self.img_mod(vec)  # shift, scale, gate ×2
-        t1s, t1c, t1g, t2s, t2c, t2g = self.txt_mod(vec)
-        img_q, img_k, img_v = self.qkv(self.img_attn, (1 + i1c) * ln(img) + i1s)
-        txt_q, txt_k, txt_v = self.qkv(self.txt_attn, (1 + t1c) * ln(txt) + t1s)
-        attn = ref_attention(
-            torch.cat((txt_q, img_q), 2), torch.cat((txt_k, img_k), 2),
-            torch.cat((txt_v, img_v), 2), pe,
-        )
-        txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
-        img = img + i1g * self.img_attn.proj(img_a)
-        img = img + i2g * self.img_mlp((1 + i2c) * ln(img) + i2s)
-        txt = txt + t1g * self.txt_attn.proj(txt_a)
-        txt = txt + t2g * self.txt_mlp((1 + t2c) * ln(txt) + t2s)
-        return img, txt
-
-
-class SingleBlockRef(nn.Module):
-    def __init__(self, dim, heads, mlp_hidden):
-        super().__init__()
-        self.dim, self.heads, self.mlp_hidden = dim, heads, mlp_hidden
-        self.linear1 = nn.Linear(dim, 3 * dim + mlp_hidden)
-        self.linear2 = nn.Linear(dim + mlp_hidden, dim)
-        self.norm = QKNormRef(dim // heads)
-        self.modulation = ModulationRef(dim, 3)
-
-    def forward(self, x, vec, pe):
-        shift, scale, gate = self.modulation(vec)
-        qkv, h = torch.split(
-            self.linear1((1 + scale) * ln(x) + shift), [3 * self.dim, self.mlp_hidden], dim=-1
-        )
-        q, k, v = rearrange(qkv, "B L (K H D) -> K B H L D", K=3, H=self.heads)
-        q, k = self.norm.query_norm(q), self.norm.key_norm(k)
-        attn = ref_attention(q, k, v, pe)
-        return x + gate * self.linear2(torch.cat((attn, F.gelu(h, approximate="tanh")), 2))
-
-
-class LastLayerRef(nn.Module):
-    def __init__(self, dim, out):
-        super().__init__()
-        self.linear = nn.Linear(dim, out)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x, vec):
-        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
-        return self.linear((1 + scale[:, None, :]) * ln(x) + shift[:, None, :])
-
-
-class RefFlux(nn.Module):
+class RefFlux(RefMMDiT):
     def __init__(self, cfg: MMDiTConfig, in_channels: int, guidance_embed: bool = True):
         super().__init__()
-        d, m = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio)
+        d = cfg.hidden_size
         self.axes_dim, self.theta, self.guidance_embed = cfg.axes_dims, cfg.theta, guidance_embed
         self.img_in = nn.Linear(in_channels, d)
         self.time_in = MLPEmbedderRef(256, d)
         self.vector_in = MLPEmbedderRef(cfg.vec_dim, d)
         self.guidance_in = MLPEmbedderRef(256, d) if guidance_embed else nn.Identity()
         self.txt_in = nn.Linear(cfg.text_dim, d)
-        self.double_blocks = nn.ModuleList(
-            DoubleBlockRef(d, cfg.num_heads, m, cfg.qkv_bias) for _ in range(cfg.depth_double)
-        )
-        self.single_blocks = nn.ModuleList(
-            SingleBlockRef(d, cfg.num_heads, m) for _ in range(cfg.depth_single)
-        )
-        self.final_layer = LastLayerRef(d, in_channels)
+        self.add_blocks(cfg, in_channels, fused=True)  # SelfAttention.qkv, linear1
 
     def forward(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None):
         img = self.img_in(img)
@@ -227,22 +106,12 @@ class RefFlux(nn.Module):
         pe = torch.cat(
             [ref_rope(ids[..., i], self.axes_dim[i], self.theta) for i in range(3)], dim=-3
         ).unsqueeze(1)
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
-        img = torch.cat((txt, img), 1)
-        for block in self.single_blocks:
-            img = block(img, vec, pe)
-        return self.final_layer(img[:, txt.shape[1] :], vec)
+        return self.run_blocks(img, txt, vec, functools.partial(ref_apply_rope, freqs_cis=pe))
 
 
 def random_flux(cfg=CFG, in_channels=SRC_IN, seed=0) -> RefFlux:
     torch.manual_seed(seed)
-    model = RefFlux(cfg, in_channels)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = 0.1 * torch.randn_like(p)
-            p.copy_(1 + noise if name.endswith(".scale") else noise)  # QK-norm scales near 1
-    return model
+    return randomise(RefFlux(cfg, in_channels))
 
 
 def save_checkpoint(model: nn.Module, path, **extra) -> None:
@@ -250,23 +119,12 @@ def save_checkpoint(model: nn.Module, path, **extra) -> None:
     save_file({**model.state_dict(), **extra}, str(path))
 
 
-def pack(x, p):  # the reference's sampling.pack
-    return rearrange(x, "b c t (h ph) (w pw) -> b (t h w) (c ph pw)", ph=p, pw=p)
-
-
 def reference_inputs(cfg, b=2, t=2, h=4, w=4, n_txt=5, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cfg.in_channels, t, h, w, generator=gen, dtype=F64)
-    # t and the guidance scale float32 numbers: osora embeds float32(t)·1000, FLUX
-    # float32(1000·t); equal for these, one float32 rounding apart for other float64 values.
-    times = torch.rand(b, generator=gen).to(F64)
-    text = torch.randn(b, n_txt, cfg.text_dim, generator=gen, dtype=F64)
-    pooled = torch.randn(b, cfg.vec_dim, generator=gen, dtype=F64)
+    x, times, text, pooled = random_latents_and_text(cfg, gen, b, t, h, w, n_txt)
+    # The guidance scale a float32 number too (osora float32(g)·1000, FLUX float32(1000·g)).
     guidance = (1 + 4 * torch.rand(b, generator=gen)).to(F64)
-    p = cfg.patch_size
-    grid = torch.meshgrid(*(torch.arange(n) for n in (t, h // p, w // p)), indexing="ij")
-    img_ids = torch.stack(grid, -1).reshape(1, -1, 3).expand(b, -1, -1).to(F64)
-    return x, times, text, pooled, guidance, img_ids, torch.zeros(b, n_txt, 3, dtype=F64)
+    return x, times, text, pooled, guidance, *position_ids(cfg, b, t, h, w, n_txt)
 
 
 # --------------------------------------------------------------------------------------------

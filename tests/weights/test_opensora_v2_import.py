@@ -7,18 +7,29 @@ released layout and for `fused_qkv=True` / interleaved targets; errors, export.
 (MMDiTModel: img_in + cond_in, prepare_block_inputs), `layers.py` (SelfAttention with
 q_proj/k_proj/v_proj or qkv, DoubleStreamBlockProcessor, SingleStreamBlockProcessor with
 q_proj/k_proj/v_mlp, RMSNorm `.scale`, LigerEmbedND, LastLayer) and `math.py` (liger_rope;
-LigerRopeFunction applies HF-Llama rotate_half), kept in float64. It shares no code with osora.
+LigerRopeFunction applies HF-Llama rotate_half), kept in float64; the modules it shares with
+FLUX are in flux_family_reference.py. It shares no code with osora.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from einops import rearrange
+from flux_family_reference import (
+    F64,
+    MLPEmbedderRef,
+    RefMMDiT,
+    pack,
+    position_ids,
+    random_latents_and_text,
+    randomise,
+    ref_timestep_embedding,
+    rope_angles,
+)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -31,7 +42,6 @@ from osora.weights.opensora_v2 import (
 )
 from osora.weights.safetensors_io import load_weights, save_weights
 
-F64 = torch.float64
 CFG = MMDiTConfig(  # tiny: 4 latent channels × 2², condition [mask, mask·latent] = 5 channels
     in_channels=4,
     patch_size=2,
@@ -47,22 +57,13 @@ CFG = MMDiTConfig(  # tiny: 4 latent channels × 2², condition [mask, mask·lat
 
 
 # --------------------------------------------------------------------------------------------
-# The reference: Open-Sora v2's MMDiTModel
-
-
-def ref_timestep_embedding(t, dim=256, max_period=10000, time_factor=1000.0):
-    t = time_factor * t
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t)
+# The reference: Open-Sora v2's MMDiTModel (the shared modules in flux_family_reference)
 
 
 def liger_embed(ids, axes_dim, theta):  # LigerEmbedND: (B, L, 3) → cos, sin (B, L, D)
     cos, sin = [], []
     for i, dim in enumerate(axes_dim):
-        scale = torch.arange(0, dim, 2, dtype=F64) / dim
-        out = torch.einsum("...n,d->...nd", ids[..., i], 1.0 / theta**scale)
+        out = rope_angles(ids[..., i], dim, theta)
         cos.append(out.cos())
         sin.append(out.sin())
     return torch.cat(cos, -1).repeat(1, 1, 2), torch.cat(sin, -1).repeat(1, 1, 2)
@@ -73,151 +74,12 @@ def liger_rope(x, cos, sin):  # LigerRopeFunction = HF-Llama q·cos + rotate_hal
     return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
 
 
-def ref_attention(q, k, v, pe):
-    cos, sin = pe
-    q, k = liger_rope(q, cos, sin), liger_rope(k, cos, sin)
-    return rearrange(F.scaled_dot_product_attention(q, k, v), "B H L D -> B L (H D)")
-
-
-class RMSNormRef(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * self.scale
-
-
-class QKNormRef(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.query_norm, self.key_norm = RMSNormRef(dim), RMSNormRef(dim)
-
-
-class MLPEmbedderRef(nn.Module):
-    def __init__(self, in_dim, hidden):
-        super().__init__()
-        self.in_layer, self.out_layer = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden)
-
-    def forward(self, x):
-        return self.out_layer(F.silu(self.in_layer(x)))
-
-
-class SelfAttentionRef(nn.Module):
-    def __init__(self, dim, heads, qkv_bias, fused):
-        super().__init__()
-        self.heads, self.fused = heads, fused
-        if fused:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        else:
-            self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.norm = QKNormRef(dim // heads)
-        self.proj = nn.Linear(dim, dim)
-
-    def qkv_heads(self, x):  # → (B, H, L, D) each, q and k normalised
-        if self.fused:
-            q, k, v = rearrange(self.qkv(x), "B L (K H D) -> K B H L D", K=3, H=self.heads)
-        else:
-            q, k, v = (
-                rearrange(proj(x), "B L (H D) -> B H L D", H=self.heads)
-                for proj in (self.q_proj, self.k_proj, self.v_proj)
-            )
-        return self.norm.query_norm(q), self.norm.key_norm(k), v
-
-
-class ModulationRef(nn.Module):
-    def __init__(self, dim, n):
-        super().__init__()
-        self.n, self.lin = n, nn.Linear(dim, n * dim)
-
-    def forward(self, vec):
-        return self.lin(F.silu(vec))[:, None, :].chunk(self.n, dim=-1)
-
-
-def ln(x):
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
-
-
-def mlp(dim, hidden):
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU("tanh"), nn.Linear(hidden, dim))
-
-
-class DoubleBlockRef(nn.Module):
-    def __init__(self, dim, heads, mlp_hidden, qkv_bias, fused):
-        super().__init__()
-        self.img_mod = ModulationRef(dim, 6)
-        self.img_attn = SelfAttentionRef(dim, heads, qkv_bias, fused)
-        self.img_mlp = mlp(dim, mlp_hidden)
-        self.txt_mod = ModulationRef(dim, 6)
-        self.txt_attn = SelfAttentionRef(dim, heads, qkv_bias, fused)
-        self.txt_mlp = mlp(dim, mlp_hidden)
-
-    def forward(self, img, txt, vec, pe):
-        i1s, i1c, i1g, i2s, i2c, i2g = self.img_mod(vec)  # shift, scale, gate ×2
-        t1s, t1c, t1g, t2s, t2c, t2g = self.txt_mod(vec)
-        img_q, img_k, img_v = self.img_attn.qkv_heads((1 + i1c) * ln(img) + i1s)
-        txt_q, txt_k, txt_v = self.txt_attn.qkv_heads((1 + t1c) * ln(txt) + t1s)
-        attn = ref_attention(
-            torch.cat((txt_q, img_q), 2), torch.cat((txt_k, img_k), 2),
-            torch.cat((txt_v, img_v), 2), pe,
-        )
-        txt_a, img_a = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
-        img = img + i1g * self.img_attn.proj(img_a)
-        img = img + i2g * self.img_mlp((1 + i2c) * ln(img) + i2s)
-        txt = txt + t1g * self.txt_attn.proj(txt_a)
-        txt = txt + t2g * self.txt_mlp((1 + t2c) * ln(txt) + t2s)
-        return img, txt
-
-
-class SingleBlockRef(nn.Module):
-    def __init__(self, dim, heads, mlp_hidden, fused):
-        super().__init__()
-        self.dim, self.heads, self.mlp_hidden, self.fused = dim, heads, mlp_hidden, fused
-        if fused:
-            self.linear1 = nn.Linear(dim, 3 * dim + mlp_hidden)
-        else:
-            self.q_proj = nn.Linear(dim, dim)
-            self.k_proj = nn.Linear(dim, dim)
-            self.v_mlp = nn.Linear(dim, dim + mlp_hidden)
-        self.linear2 = nn.Linear(dim + mlp_hidden, dim)
-        self.norm = QKNormRef(dim // heads)
-        self.modulation = ModulationRef(dim, 3)
-
-    def forward(self, x, vec, pe):
-        shift, scale, gate = self.modulation(vec)
-        x_mod = (1 + scale) * ln(x) + shift
-        if self.fused:
-            qkv, h = torch.split(self.linear1(x_mod), [3 * self.dim, self.mlp_hidden], dim=-1)
-            q, k, v = rearrange(qkv, "B L (K H D) -> K B H L D", K=3, H=self.heads)
-        else:
-            q = rearrange(self.q_proj(x_mod), "B L (H D) -> B H L D", H=self.heads)
-            k = rearrange(self.k_proj(x_mod), "B L (H D) -> B H L D", H=self.heads)
-            v, h = torch.split(self.v_mlp(x_mod), [self.dim, self.mlp_hidden], dim=-1)
-            v = rearrange(v, "B L (H D) -> B H L D", H=self.heads)
-        q, k = self.norm.query_norm(q), self.norm.key_norm(k)
-        attn = ref_attention(q, k, v, pe)
-        return x + gate * self.linear2(torch.cat((attn, F.gelu(h, approximate="tanh")), 2))
-
-
-class LastLayerRef(nn.Module):
-    def __init__(self, dim, out):
-        super().__init__()
-        self.linear = nn.Linear(dim, out)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x, vec):
-        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
-        return self.linear((1 + scale[:, None, :]) * ln(x) + shift[:, None, :])
-
-
-class RefOpenSora(nn.Module):
+class RefOpenSora(RefMMDiT):
     """MMDiTModel(cond_embed=True, guidance_embed=False, use_liger_rope=True)."""
 
     def __init__(self, cfg: MMDiTConfig, fused: bool = False):
         super().__init__()
-        d, m, p = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio), cfg.patch_size
+        d, p = cfg.hidden_size, cfg.patch_size
         self.axes_dim, self.theta = cfg.axes_dims, cfg.theta
         in_channels = cfg.in_channels * p**2  # the reference's in_channels: packed features
         self.img_in = nn.Linear(in_channels, d)
@@ -225,58 +87,30 @@ class RefOpenSora(nn.Module):
         self.vector_in = MLPEmbedderRef(cfg.vec_dim, d)
         self.cond_in = nn.Linear(in_channels + p**2, d)
         self.txt_in = nn.Linear(cfg.text_dim, d)
-        self.double_blocks = nn.ModuleList(
-            DoubleBlockRef(d, cfg.num_heads, m, cfg.qkv_bias, fused)
-            for _ in range(cfg.depth_double)
-        )
-        self.single_blocks = nn.ModuleList(
-            SingleBlockRef(d, cfg.num_heads, m, fused) for _ in range(cfg.depth_single)
-        )
-        self.final_layer = LastLayerRef(d, in_channels)
+        self.add_blocks(cfg, in_channels, fused)
 
     def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond):
         img = self.img_in(img) + self.cond_in(cond)
         vec = self.time_in(ref_timestep_embedding(timesteps)) + self.vector_in(y_vec)
         txt = self.txt_in(txt)
-        pe = liger_embed(torch.cat((txt_ids, img_ids), dim=1), self.axes_dim, self.theta)
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
-        img = torch.cat((txt, img), 1)
-        for block in self.single_blocks:
-            img = block(img, vec, pe)
-        return self.final_layer(img[:, txt.shape[1] :], vec)
+        cos, sin = liger_embed(torch.cat((txt_ids, img_ids), dim=1), self.axes_dim, self.theta)
+        return self.run_blocks(img, txt, vec, functools.partial(liger_rope, cos=cos, sin=sin))
 
 
 def random_opensora(cfg=CFG, fused=False, seed=0) -> RefOpenSora:
     torch.manual_seed(seed)
-    model = RefOpenSora(cfg, fused)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = 0.1 * torch.randn_like(p)
-            p.copy_(1 + noise if name.endswith(".scale") else noise)  # QK-norm scales near 1
-    return model
-
-
-def pack(x, p):  # opensora/utils/sampling.py `pack`
-    return rearrange(x, "b c t (h ph) (w pw) -> b (t h w) (c ph pw)", ph=p, pw=p)
+    return randomise(RefOpenSora(cfg, fused))
 
 
 def reference_inputs(cfg, b=2, t=3, h=4, w=4, n_txt=5, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cfg.in_channels, t, h, w, generator=gen, dtype=F64)
-    # float32 t: osora embeds float32(t)·1000, the reference float32(1000·t) (equal here)
-    times = torch.rand(b, generator=gen).to(F64)
-    text = torch.randn(b, n_txt, cfg.text_dim, generator=gen, dtype=F64)
-    pooled = torch.randn(b, cfg.vec_dim, generator=gen, dtype=F64)
+    x, times, text, pooled = random_latents_and_text(cfg, gen, b, t, h, w, n_txt)
     # i2v-head condition as the reference builds it: cat(masks, masked_ref) along channels
     masks = torch.zeros(b, 1, t, h, w, dtype=F64)
     masks[:, :, 0] = 1
     ref_latent = torch.randn(b, cfg.in_channels, t, h, w, generator=gen, dtype=F64)
     cond = torch.cat((masks, masks * ref_latent), dim=1)
-    p = cfg.patch_size
-    grid = torch.meshgrid(*(torch.arange(n) for n in (t, h // p, w // p)), indexing="ij")
-    img_ids = torch.stack(grid, -1).reshape(1, -1, 3).expand(b, -1, -1).to(F64)
-    return x, times, text, pooled, cond, img_ids, torch.zeros(b, n_txt, 3, dtype=F64)
+    return x, times, text, pooled, cond, *position_ids(cfg, b, t, h, w, n_txt)
 
 
 # --------------------------------------------------------------------------------------------
