@@ -34,10 +34,10 @@ import hashlib
 import inspect
 import math
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from osora.data.clip_file import with_clip_file
 from osora.data.operator import Operator, OperatorError, Row
 from osora.train.buckets import Bucket, BucketSpec
 
@@ -257,18 +257,10 @@ class LatentEncoder(Operator):
                                      int(row["num_frames"]))
         if bucket is None:
             raise OperatorError(self._too_short(clip_id, row["num_frames"]))
-        with ExitStack() as stack:
-            try:
-                path = stack.enter_context(self._store.local_path(uri))
-            except FileNotFoundError:
-                path = None
-            if path is None or not path.is_file():
-                raise OperatorError(f"latents: clip {clip_id}: no file at {uri}")
-            try:
-                frames = self.read_frames(path, int(row["width"]), int(row["height"]), bucket)
-            except _bad_clip_errors() as err:
-                raise OperatorError(f"latents: clip {clip_id} ({uri}) cannot be decoded: "
-                                    f"{err}") from err
+        frames = with_clip_file(
+            self._store, uri,
+            lambda path: self.read_frames(path, int(row["width"]), int(row["height"]), bucket),
+            stage="latents", clip_id=clip_id, doing="decoded")
         if frames.shape[0] < bucket.frames:  # fewer frames decodable than the table says
             fewer = self.buckets.frames_for(frames.shape[0])
             if fewer is None:
@@ -318,10 +310,3 @@ class LatentEncoder(Operator):
             z = self._ae.encode(x) if self.tiles is None else tiled_encode(self._ae, x,
                                                                             self.tiles)
         return self._ae.to_dit(z.float())[0].cpu()  # (C, T', H', W')
-
-
-def _bad_clip_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "this clip file is bad": unreadable or truncated files."""
-    import av
-
-    return (OSError, ValueError, av.error.FFmpegError)

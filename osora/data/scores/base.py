@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 from abc import abstractmethod
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from osora.data.operator import Operator, OperatorError, Row
+from osora.data.clip_file import with_clip_file
+from osora.data.operator import Operator, Row
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -87,33 +87,11 @@ class ClipScorer(Operator):
         clip_id = row["id"]
         if self._unavailable is not None:
             return [{"id": clip_id, **dict.fromkeys(self.score_columns)}]
-        uri = row["uri"]
-        with ExitStack() as stack:
-            try:
-                path = stack.enter_context(self._store.local_path(uri))
-            except FileNotFoundError:
-                path = None
-            if path is None or not path.is_file():
-                raise OperatorError(f"{self.name}: clip {clip_id}: no file at {uri}")
-            try:
-                scores = self.score(path, row)
-            except _bad_clip_errors() as err:
-                raise OperatorError(
-                    f"{self.name}: clip {clip_id} ({uri}) cannot be scored: {err}"
-                ) from err
+        scores = with_clip_file(self._store, row["uri"], lambda path: self.score(path, row),
+                                stage=self.name, clip_id=clip_id, doing="scored")
         return [{"id": clip_id, **scores}]
 
     @abstractmethod
     def score(self, path: Path, clip: Row) -> dict[str, Any]:
         """The score columns for the clip file at `path` (`clip` is its clips-table row).
         Raise ValueError (or let decoding errors through) for a clip that cannot be scored."""
-
-
-def _bad_clip_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "this clip file is bad", not "this code is broken": unreadable or
-    truncated files (PyAV, ffmpeg), too few frames, missing files."""
-    import av
-
-    from osora.media.ffmpeg import FFmpegError
-
-    return (OSError, ValueError, av.error.FFmpegError, FFmpegError)
