@@ -77,6 +77,13 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return available()
 
 
+def kernel_applies(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an op's Triton kernel takes these inputs: Triton runs here (`use_triton`), x's
+    dtype has a kernel, and its last dim fits one block; else the op uses its torch reference."""
+    return (use_triton(x, *others) and x.dtype in KERNEL_DTYPES
+            and x.shape[-1] <= MAX_BLOCK_D)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the math runs in: float32 at least, float64 stays float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -186,18 +186,13 @@ def _bwd_triton(dy, x, shift, scale, eps):
     return dx, _reduce_to(dshift, shift), _reduce_to(dscale, scale)
 
 
-def _triton_ok(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> bool:
-    return (_triton.use_triton(x, shift, scale) and x.dtype in _triton.KERNEL_DTYPES
-            and x.shape[-1] <= _triton.MAX_BLOCK_D)
-
-
 # ----------------------------------------------------------------------------- custom ops
 
 
 @torch.library.custom_op("osora::modulate", mutates_args=())
 def _modulate_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                  eps: float) -> torch.Tensor:
-    if _triton_ok(x, shift, scale):
+    if _triton.kernel_applies(x, shift, scale):
         return _fwd_triton(x, shift, scale, eps)
     return modulate_reference(x, shift, scale, eps).contiguous()  # the fake's layout
 
@@ -211,7 +206,7 @@ def _(x, shift, scale, eps):
 def _modulate_backward_op(dy: torch.Tensor, x: torch.Tensor, shift: torch.Tensor,
                           scale: torch.Tensor,
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _triton_ok(x, shift, scale):
+    if _triton.kernel_applies(x, shift, scale):
         return _bwd_triton(dy, x, shift, scale, eps)
     dx, dshift, dscale = _modulate_backward_reference(dy, x, shift, scale, eps)
     return dx.contiguous(), dshift.contiguous(), dscale.contiguous()
@@ -257,6 +252,6 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
     reference; both are differentiable in x, shift and scale.
     """
     _check(x, shift, scale)
-    if _triton_ok(x, shift, scale):
+    if _triton.kernel_applies(x, shift, scale):
         return torch.ops.osora.modulate(x, shift, scale, eps)
     return modulate_reference(x, shift, scale, eps)

@@ -101,11 +101,6 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 or t2.shape[0] == 0 else t2.contiguous()
 
 
-def _triton_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_triton.use_triton(x, weight) and x.dtype in _triton.KERNEL_DTYPES
-            and x.shape[-1] <= _triton.MAX_BLOCK_D)
-
-
 def _fwd_triton(x, weight, eps):
     x2 = _rows(x)
     n_rows, d = x2.shape
@@ -145,7 +140,7 @@ def _bwd_triton(dy, x, weight, eps):
 
 @torch.library.custom_op("osora::rms_norm", mutates_args=())
 def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if _triton_ok(x, weight):
+    if _triton.kernel_applies(x, weight):
         return _fwd_triton(x, weight, eps)
     return rms_norm_reference(x, weight, eps).contiguous()  # the fake's layout
 
@@ -158,7 +153,7 @@ def _(x, weight, eps):
 @torch.library.custom_op("osora::rms_norm_backward", mutates_args=())
 def _rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if _triton_ok(x, weight):
+    if _triton.kernel_applies(x, weight):
         return _bwd_triton(dy, x, weight, eps)
     dx, dw = _rms_norm_backward_reference(dy, x, weight, eps)
     return dx.contiguous(), dw
@@ -198,6 +193,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     reference; both are differentiable in x and weight.
     """
     _check(x, weight)
-    if _triton_ok(x, weight):
+    if _triton.kernel_applies(x, weight):
         return torch.ops.osora.rms_norm(x, weight, eps)
     return rms_norm_reference(x, weight, eps)

@@ -132,18 +132,13 @@ def _rope_triton(x, cos, sin, layout, inverse):
     return y
 
 
-def _triton_ok(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-    return (_triton.use_triton(x, cos, sin) and x.dtype in _triton.KERNEL_DTYPES
-            and x.shape[-1] <= _triton.MAX_BLOCK_D)
-
-
 # ----------------------------------------------------------------------------- custom ops
 
 
 @torch.library.custom_op("osora::apply_rope", mutates_args=())
 def _apply_rope_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    layout: str) -> torch.Tensor:
-    if _triton_ok(x, cos, sin):
+    if _triton.kernel_applies(x, cos, sin):
         return _rope_triton(x, cos, sin, layout, inverse=False)
     return apply_rope_reference(x, cos, sin, layout).contiguous()  # the fake's layout
 
@@ -156,7 +151,7 @@ def _(x, cos, sin, layout):
 @torch.library.custom_op("osora::apply_rope_backward", mutates_args=())
 def _apply_rope_backward_op(dy: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                             layout: str) -> torch.Tensor:
-    if _triton_ok(dy, cos, sin):
+    if _triton.kernel_applies(dy, cos, sin):
         return _rope_triton(dy, cos, sin, layout, inverse=True)
     return apply_rope_reference(dy, cos, -sin, layout).contiguous()
 
@@ -206,6 +201,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     Triton op where Triton runs (CUDA, or TRITON_INTERPRET=1), else the torch reference.
     """
     _check(x, cos, sin, layout)
-    if _triton_ok(x, cos, sin):
+    if _triton.kernel_applies(x, cos, sin):
         return torch.ops.osora.apply_rope(x, cos, sin, layout)
     return apply_rope_reference(x, cos, sin, layout)

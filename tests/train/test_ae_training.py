@@ -205,17 +205,13 @@ def test_ae_training_shards_over_two_gloo_processes(tmp_path):
     """The same objective and loop under FSDP2 on 2 processes (each its own windows): both
     phases run, the checkpoint is written once, and the gathered full weights load into a
     plain DC-AE."""
-    import socket
-
     import torch.multiprocessing as mp
+    from free_port import free_port
 
     from osora.models.dcae import DCAE
     from osora.weights.autoencoder import dcae_config
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_sharded_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / "step_00000002" / ".metadata").is_file()
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     DCAE(dcae_config(AE.dcae)).load_state_dict(full)  # strict: every key, every shape

@@ -7,12 +7,12 @@ from __future__ import annotations
 import fractions
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from free_port import free_port
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
@@ -27,12 +27,6 @@ from osora.train.checkpoint import ModelOptimState, ValueState
 from osora.train.parallel import close_distributed, init_distributed, shard_model
 
 UNITS = (ResBlock, EfficientViTBlock, DownBlock, UpBlock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model(seed: int) -> DCAE:

@@ -22,11 +22,11 @@ be caught.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from free_port import free_port
 from torch import nn
 
 from osora.models.dcae import DCAE, DCAE_TINY
@@ -43,12 +43,6 @@ WORLD = 2
 LR = 1e-3
 RTOL_GRAD, ATOL_GRAD = 1e-4, 1e-8  # sharded vs `whole`: float32 rounding of the batch sum
 EXACT = {"rtol": 0.0, "atol": 0.0}  # sharded vs `reference`: the same arithmetic
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model(seed: int) -> DCAE:
