@@ -3,6 +3,8 @@
     osora config show [--profile paper]   the resolved params (secrets masked)
     osora config apply paper               write a profile's resolved params into params/
     osora results                          where the pipeline's results are
+    osora sample --prompt … --checkpoint … [--image …|--video …] [--motion-score N]
+    osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
 """
 
 import argparse
@@ -90,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = sub.add_parser("results", help="print where the pipeline's results are")
     results.set_defaults(func=_results)
+
+    from osora.commands.sample import add_parser as add_sample
+    from osora.commands.weights import add_parser as add_weights
+
+    add_sample(sub)
+    add_weights(sub)
     return parser
 
 
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # bad input: say which and why
         print(f"osora: {err}", file=sys.stderr)
         return 2
 

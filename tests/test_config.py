@@ -70,8 +70,8 @@ def test_bad_value_gives_one_line_naming_file_key_value(params_dir, change, expe
 
 
 def test_a_stray_params_file_is_an_error(params_dir):
-    (params_dir / "dit.yaml").write_text("depth: 3\n")
-    with pytest.raises(ConfigError, match="dit.yaml: not a params file"):
+    (params_dir / "vae.yaml").write_text("depth: 3\n")
+    with pytest.raises(ConfigError, match="vae.yaml: not a params file"):
         load_settings(params_dir=params_dir)
 
 

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from osora.config.ae import AEParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
+from osora.config.dit import DiTParams
 from osora.config.store import StoreSettings
 from osora.config.tracking import TrackingSettings
 from osora.paths import project_root
@@ -38,6 +39,7 @@ class Settings(BaseSettings):
 
     data: DataParams
     ae: AEParams
+    dit: DiTParams
     cost: CostParams
     store: StoreSettings
     tracking: TrackingSettings

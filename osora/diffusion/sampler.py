@@ -14,8 +14,9 @@ the "∅" text (the empty prompt's embedding when there is none).
 t2v: the reference always runs the three passes, with a zero condition for t2v, so v(∅,img) and
 v(∅,∅) are the same computation and its update is classic CFG, v(∅) + g_txt·(v(txt) − v(∅)).
 Here a condition that is None or all zeros runs only the two distinct passes: the same update,
-a third less compute. A batch that mixes conditioned and t2v samples runs three passes (for its
-t2v samples the result is still classic CFG).
+a third less compute; with g_txt = 1 as well (a guidance-distilled model such as FLUX-dev) the
+update is v(txt) and one pass runs. A batch that mixes conditioned and t2v samples runs three
+passes (for its t2v samples the result is still classic CFG).
 
 Conditioned frames: like the reference, the loop does not touch them — the model sees the
 condition through `cond` and denoises every frame. After the loop the conditioned latent frames
@@ -49,7 +50,7 @@ class StepInfo:
     shift: float  # α
     text_scale: float
     image_scale: torch.Tensor  # (T,) float64, per latent frame
-    passes: int  # 3 (decoupled guidance) or 2 (t2v: classic CFG)
+    passes: int  # 3 (decoupled guidance), 2 (t2v: classic CFG) or 1 (t2v with g_txt 1)
 
 
 def sampling_timesteps(num_steps: int, shift: float) -> torch.Tensor:
@@ -147,17 +148,17 @@ def sample(
         raise ValueError(f"cond must be (B, C+1, T, H, W) = {(b, c + 1, t_lat, h, w)}, "
                          f"got {tuple(cond.shape)}")
 
-    # batch the passes: (txt, img), (∅, img)[, (∅, ∅)]
+    # batch the passes: (txt, img)[, (∅, img)[, (∅, ∅)]]
     decoupled = cond is not None and bool(cond.any())
-    passes = 3 if decoupled else 2
-    text_in = torch.cat([text, neg_text] + [neg_text] * (passes - 2))  # (P·B, L, D_txt)
-    pooled_in = torch.cat([pooled, neg_pooled] + [neg_pooled] * (passes - 2))  # (P·B, D_vec)
+    passes = 3 if decoupled else 2 if g_txt != 1.0 else 1  # g_txt 1 without a condition: v(txt)
+    text_in = torch.cat([text] + [neg_text] * (passes - 1))  # (P·B, L, D_txt)
+    pooled_in = torch.cat([pooled] + [neg_pooled] * (passes - 1))  # (P·B, D_vec)
     mask_in = None
     if text_mask is not None:
-        mask_in = torch.cat([text_mask, neg_text_mask] + [neg_text_mask] * (passes - 2))
+        mask_in = torch.cat([text_mask] + [neg_text_mask] * (passes - 1))
     cond_in = None
     if cond is not None:
-        cond_in = torch.cat([cond, cond, torch.zeros_like(cond)] if decoupled else [cond, cond])
+        cond_in = torch.cat([cond, cond, torch.zeros_like(cond)] if decoupled else [cond] * passes)
 
     timesteps = sampling_timesteps(steps, shift)  # (N+1,) float64
     x = noise.clone()  # (B, C, T, H, W)
@@ -173,11 +174,13 @@ def sample(
             raise ValueError(f"model returned {tuple(v.shape)}, expected the velocity of its "
                              f"input {tuple(x_in.shape)}")
         v = v.to(x.dtype)
-        if decoupled:
+        if passes == 3:
             v_full, v_img, v_null = v.chunk(3)  # (B, C, T, H, W) each
-        else:
+        elif passes == 2:
             v_full, v_null = v.chunk(2)
             v_img = v_null
+        else:
+            v_full = v_img = v_null = v
         v = decoupled_guidance(v_null, v_img, v_full, g_img=img_scale, g_txt=txt_scale)
         x = x + (t_next - t_cur) * v
         if progress is not None:

