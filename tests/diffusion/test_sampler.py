@@ -204,3 +204,20 @@ def test_sample_errors():
         sample(model, **x, cond=torch.zeros(B, C, T, H, W, dtype=F64), steps=1, shift=1.0)
     with pytest.raises(ValueError, match="model returned"):
         sample(lambda xi, *a, **k: xi[:1], **x, steps=1, shift=1.0)
+
+
+def test_text_scale_one_without_condition_runs_one_pass_of_the_prompt():
+    """g_txt = 1, no condition (a guidance-distilled model such as FLUX-dev): plain Euler on
+    v(txt), one model call of batch B per step, the negative prompt never evaluated."""
+    x = inputs()
+    model = tiny_model()
+    rec = Recorder(model)
+    out = sample(rec, **x, steps=5, shift=2.0, g_txt=1.0, oscillation=False)
+    assert [call["batch"] for call in rec.calls] == [B] * 5
+    ref = x["noise"].clone()
+    ts = sampling_timesteps(5, 2.0)
+    with torch.no_grad():
+        for i in range(5):
+            v = model(ref, torch.full((B,), float(ts[i]), dtype=F64), x["text"], x["pooled"])
+            ref = ref + (ts[i + 1] - ts[i]) * v
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
