@@ -5,6 +5,8 @@ the same format at both ends. (The reference code trains on "<caption> 24 FPS, 4
 score." but samples with "<prompt>. 24 FPS. 4 motion score." — osora keeps the training form.)
 """
 
+import re
+
 MAX_FPS_IN_TEXT = 24  # the reference caps the stated frame rate at 24
 
 
@@ -18,3 +20,18 @@ def conditioned_text(caption: str, fps: float, motion_score: float | None) -> st
     if motion_score is None:
         return f"{caption} {fps_part}."
     return f"{caption} {fps_part}, {round(motion_score)} motion score."
+
+
+_CONDITIONED = re.compile(
+    r"^(?P<caption>.*\S) (?P<fps>\d+) FPS(?:, (?P<motion>-?\d+) motion score)?\.$", re.DOTALL)
+
+
+def split_conditioned_text(text: str) -> tuple[str, int, int | None]:
+    """The inverse of `conditioned_text`: (caption, fps, motion score or None), so a training
+    text can be rendered again as a prompt. ValueError naming the text when it is not one."""
+    m = _CONDITIONED.match(text.strip())
+    if m is None:
+        raise ValueError(f"not a conditioned text ('<caption> <fps> FPS[, <m> motion score].'): "
+                         f"{text[:80]!r}")
+    motion = m.group("motion")
+    return m.group("caption"), int(m.group("fps")), None if motion is None else int(motion)

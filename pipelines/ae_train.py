@@ -7,7 +7,6 @@ was interrupted; writes the weights (the EMA's when on) as safetensors.
 """
 
 import argparse
-import csv
 from pathlib import Path
 
 from osora.config import load_settings
@@ -36,6 +35,7 @@ def main() -> None:
     from osora.train.ae_setup import build_objective, decode_clips, fsdp
     from osora.train.checkpoint import run_folder
     from osora.train.clip_windows import ClipWindows
+    from osora.train.curve import write_curve
     from osora.train.loop import LoopSettings, train
     from osora.train.parallel import close_distributed, init_distributed
     from osora.weights.autoencoder import save_dcae
@@ -92,17 +92,8 @@ def main() -> None:
             }
             run.log_metrics(metrics)
             atomic_write_json(args.metrics, metrics)
-            _write_curve(args.curve, curve)
+            write_curve(args.curve, curve)
     close_distributed()
-
-
-def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r} - {"step"})
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", *keys])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 if __name__ == "__main__":

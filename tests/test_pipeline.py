@@ -63,7 +63,7 @@ def runs_per_stage(project: Path) -> Counter:
 
 STAGES = ("synth", "ingest", "preprocess", "shots", "clips", "score@aesthetic", "score@motion",
           "score@blur", "score@ocr", "score@jitter", "captions", "pyramid", "stats",
-          "ae_train", "ae_eval", "latents")
+          "ae_train", "ae_eval", "latents", "dit_stage1", "dit_stage2", "dit_sample")
 
 
 def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
@@ -157,3 +157,31 @@ def test_the_tiny_dcae_learns_and_its_latents_are_stored(clone):
     row = rows[0]
     z = read_latent(row)  # (C, T', H', W')
     assert z.shape == (16, row["frames"] // 4, row["height"] // 8, row["width"] // 8)
+
+
+def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone):
+    """The DiT stages learn (stage 1's loss falls), stage 2 starts from stage 1 and exports an
+    osora checkpoint of params/dit.yaml's model, and the sample stage renders and scores every
+    eval prompt."""
+    import csv
+
+    from osora.config import load_settings
+    from osora.media.probe import probe
+    from osora.sample.outputs import read_sidecar
+    from osora.weights.mmdit import mmdit_config, saved_config
+
+    dit = load_settings(params_dir=clone / "params").dit
+    with open(clone / "reports" / "dit_stage1" / "loss.csv") as f:
+        losses = [float(r["dit/loss"]) for r in csv.DictReader(f)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    stage2 = json.loads((clone / "metrics" / "dit_stage2.json").read_text())
+    assert stage2["steps"] == dit.train.stages["stage2"].steps
+    assert saved_config(clone / "models/dit/stage2/dit.safetensors") == mmdit_config(dit.model)
+
+    rates = json.loads((clone / "metrics" / "dit_sample.json").read_text())
+    assert rates["videos"] >= 10 and rates["scored"] >= 8, rates
+    assert 0 <= rates["colour_accuracy"] <= 1 and rates["colour_chance"] == 1 / 8
+    videos = sorted((clone / "samples" / "dit").glob("*.mp4"))
+    assert len(videos) == rates["videos"]
+    assert probe(videos[0]).num_frames == dit.sample.frames
+    assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage2/dit.safetensors"

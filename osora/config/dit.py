@@ -118,8 +118,58 @@ class SampleParams(Params):
     first_frame: FirstFrameParams
 
 
+class DiTStageParams(Params):
+    """One training stage (RECIPE §6): its data, where it starts and how long it runs."""
+
+    latents: str = Field(min_length=1, description="pyramid level whose latents it trains on "
+                         "(table latents_<level>, written by the latents stage)")
+    init: str | None = Field(description="null: a fresh model; the name of an earlier stage: "
+                             "its weights; else a path to an osora MMDiT checkpoint "
+                             "(`osora weights import flux` makes FLUX's)")
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0, description="AdamW learning rate (paper 5e-5)")
+    lr_drop: tuple[int, float] | None = Field(
+        description="[step, lr]: the rate from that step on (paper stage 1–2: 40k → 3e-5)")
+    warmup_steps: int = Field(ge=0, description="linear warm-up steps")
+    conditioned: bool = Field(description="false: T2V only (stage 1); true: the condition "
+                              "kinds of dit.conditioning.weights (T/I2V stages 2–3)")
+
+    @model_validator(mode="after")
+    def _drop_inside(self) -> "DiTStageParams":
+        if self.lr_drop is not None and not 0 < self.lr_drop[0] < self.steps:
+            raise ValueError(f"lr_drop step {self.lr_drop[0]} must lie in (0, steps={self.steps})")
+        return self
+
+
+class DiTTrainParams(Params):
+    """What every DiT stage shares: the optimizer of RECIPE §4 and the run's mechanics."""
+
+    device: Literal["cpu", "cuda"]
+    precision: Literal["fp32", "bf16"]
+    seed: int = Field(ge=0)
+    betas: tuple[float, float] = Field(description="AdamW betas (paper 0.9, 0.999)")
+    eps: float = Field(gt=0, description="AdamW epsilon (paper 1e-15)")
+    weight_decay: float = Field(ge=0, description="paper 0")
+    grad_clip: float = Field(gt=0, description="max gradient norm (paper 1)")
+    sigma_min: float = Field(ge=0, lt=1, description="the target (1 − σ_min)·ε − x0 (ref 1e-5)")
+    ema_decay: float | None = Field(ge=0, lt=1, description="null: no EMA (paper)")
+    log_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
+
+    @model_validator(mode="after")
+    def _init_from_earlier(self) -> "DiTTrainParams":
+        names = list(self.stages)
+        for i, (name, stage) in enumerate(self.stages.items()):
+            if stage.init in names and names.index(stage.init) >= i:
+                raise ValueError(f"stage {name} starts from {stage.init}, which is not an "
+                                 f"earlier stage ({names[:i] or 'none'})")
+        return self
+
+
 class DiTParams(Params):
     model: MMDiTParams
     text: TextParams
     conditioning: ConditioningParams
+    train: DiTTrainParams
     sample: SampleParams

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from osora.config.ae import AEParams
+from osora.config.buckets import BucketsParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
 from osora.config.dit import DiTParams
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     data: DataParams
     ae: AEParams
     dit: DiTParams
+    buckets: BucketsParams
     cost: CostParams
     store: StoreSettings
     tracking: TrackingSettings

@@ -25,46 +25,19 @@ import numpy as np
 
 from osora.config.data import SynthParams
 from osora.data.bitmap_font import GLYPH_H, GLYPH_W, text_mask
+from osora.data.synth_vocab import (
+    BACKGROUND_WORDS,
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    TINTS,
+)
 from osora.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from osora.media.ffmpeg import encode_frames
 
 TRUTH_FILE = "truth.json"
 
-# Saturated subject colours, chosen to stand out from the muted backgrounds below.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "yellow": (245, 215, 30),
-    "orange": (250, 130, 20),
-    "white": (245, 245, 245),
-    "magenta": (230, 40, 200),
-    "cyan": (30, 225, 235),
-    "green": (40, 215, 60),
-    "black": (15, 15, 15),
-}
-# Muted background tints; every channel stays well above black so black borders stand apart.
-TINTS: dict[str, tuple[int, int, int]] = {
-    "blue": (70, 100, 160),
-    "green": (80, 135, 80),
-    "brown": (145, 105, 70),
-    "grey": (125, 125, 125),
-    "teal": (60, 135, 135),
-    "purple": (120, 85, 145),
-    "navy": (55, 70, 125),
-    "sand": (210, 190, 140),
-}
-SHAPES = ("circle", "square", "triangle", "diamond")
-BACKGROUNDS = ("noise", "stripes")  # "flat" is kept for the low-bitrate video
-# Unit direction (x right, y down) and the caption's words for it.
-DIRECTIONS: dict[str, tuple[tuple[float, float], str]] = {
-    "right": ((1.0, 0.0), "from left to right"),
-    "left": ((-1.0, 0.0), "from right to left"),
-    "down": ((0.0, 1.0), "from the top downwards"),
-    "up": ((0.0, -1.0), "from the bottom upwards"),
-    "down-right": ((0.7071, 0.7071), "diagonally down and to the right"),
-    "up-left": ((-0.7071, -0.7071), "diagonally up and to the left"),
-    "down-left": ((-0.7071, 0.7071), "diagonally down and to the left"),
-    "up-right": ((0.7071, -0.7071), "diagonally up and to the right"),
-}
 # Every `expected_reason` in the set: the filter that must reject the video.
 REASONS = (
     "too_short", "low_fps", "aspect_ratio", "low_bpp", "constrained_baseline", "unreadable",
@@ -399,11 +372,7 @@ def caption(video: SynthVideo) -> str:
 
 
 def _background_words(shot: Shot) -> str:
-    return {
-        "noise": f"a mottled {shot.background_colour} noise texture",
-        "stripes": f"a background of diagonal {shot.background_colour} stripes",
-        "flat": f"a plain {shot.background_colour} background",
-    }[shot.background]
+    return BACKGROUND_WORDS[shot.background].format(shot.background_colour)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ made again."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,19 +15,25 @@ import numpy as np
 from osora.fileio import atomic_write_json
 
 MAX_NAME_BYTES = 255  # ext4, APFS, NTFS: the longest file name
+# the longest stem: the files are first written as ".{stem}.<random>.mp4" and renamed
+MAX_STEM_BYTES = MAX_NAME_BYTES - 24
 
 
 def sample_stem(prompt: str, index: int) -> str:
-    """`{prompt}-{index}`: the prompt verbatim (as VBench names its videos); a prompt that no
-    file system can hold as a name is an error that says so, not a silently different name."""
-    stem = f"{prompt}-{index}"
+    """`{prompt}-{index}`: the prompt verbatim, as VBench names its videos. A prompt too long
+    for a file name (VBench's are all far shorter) is cut and given the first 8 hex digits of
+    its sha256, `{cut}~{hash}-{index}`; the sidecar keeps it whole. A prompt no file system can
+    hold as a name is an error that says so, not a silently different name."""
     bad = [c for c in ("/", "\0") if c in prompt]
     if bad or prompt in (".", "..") or not prompt.strip():
         raise ValueError(f"prompt {prompt!r} cannot be a file name (VBench names videos "
                          f"'{{prompt}}-{{index}}.mp4'): remove {bad or 'its blankness'}")
-    if len((stem + ".json").encode()) > MAX_NAME_BYTES:
-        raise ValueError(f"prompt of {len(prompt.encode())} bytes is too long for the file name "
-                         f"'{{prompt}}-{{index}}.mp4' (at most {MAX_NAME_BYTES} bytes); shorten it")
+    stem = f"{prompt}-{index}"
+    room = MAX_STEM_BYTES - len(f"~12345678-{index}".encode())
+    if len(stem.encode()) > MAX_STEM_BYTES:
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        cut = prompt.encode()[:room].decode(errors="ignore")
+        stem = f"{cut}~{digest}-{index}"
     return stem
 
 

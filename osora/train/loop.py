@@ -66,6 +66,9 @@ class LoopSettings:
     seed: int = 0  # with the rank and step, seeds the step's randomness (dropout etc.)
     warmup_steps: int = 0  # learning rates rise linearly from 0 over these steps
     schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
+    # piecewise-constant drops on top: ((step, factor), ...), the factor from that step on
+    # (Open-Sora's 5e-5 → 3e-5 at 40k is ((40000, 0.6),))
+    lr_drops: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -154,13 +157,17 @@ def train(
 
 def lr_factor(step: int, settings: LoopSettings) -> float:
     """The multiplier of every optimizer's base learning rate at `step` (0-based)."""
+    drop = 1.0
+    for start, factor in sorted(settings.lr_drops):
+        if step >= start:
+            drop = factor
     if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
+        return drop * (step + 1) / settings.warmup_steps
     if settings.schedule == "constant":
-        return 1.0
+        return drop
     if settings.schedule == "cosine":
         span = max(1, settings.steps - settings.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * (step - settings.warmup_steps) / span))
+        return drop * 0.5 * (1.0 + math.cos(math.pi * (step - settings.warmup_steps) / span))
     raise ValueError(f"unknown schedule {settings.schedule!r}; use 'constant' or 'cosine'")
 
 

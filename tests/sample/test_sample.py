@@ -30,7 +30,7 @@ from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
-SAMPLE = SETTINGS.dit.sample  # 8 frames of 32×32 → latent (16, 2, 4, 4)
+SAMPLE = SETTINGS.dit.sample  # 48 frames of 48×88 → latent (16, 12, 6, 11)
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +107,16 @@ def test_same_seed_same_video_and_batch_does_not_matter(sampler):
 def test_image_condition_is_the_aes_encoding_of_the_image_as_ffmpeg_scales_it(
         sampler, tmp_path):
     png = ffmpeg_image(tmp_path / "bars.png", "64x48")
-    pixels = read_media(png, SAMPLE.height, SAMPLE.width)  # (1, 3, 1, 32, 32)
-    # ffmpeg's own cover-and-crop of the same image: 64×48 → 43×32 → centre 32×32
+    h, w = SAMPLE.height, SAMPLE.width
+    pixels = read_media(png, h, w)  # (1, 3, 1, h, w)
+    # ffmpeg's own cover-and-crop of the same image
+    scale = max(h / 48, w / 64)
+    sh, sw = max(h, round(48 * scale)), max(w, round(64 * scale))
     ref = subprocess.run(
         [ffmpeg_exe(), "-loglevel", "error", "-i", str(png), "-vf",
-         "scale=43:32:flags=bicubic,crop=32:32:5:0", "-f", "rawvideo", "-pix_fmt", "rgb24",
-         "-"], check=True, capture_output=True).stdout
-    ref = torch.from_numpy(np.frombuffer(ref, np.uint8).reshape(32, 32, 3).copy())
+         f"scale={sw}:{sh}:flags=bicubic,crop={w}:{h}:{(sw - w) // 2}:{(sh - h) // 2}",
+         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    ref = torch.from_numpy(np.frombuffer(ref, np.uint8).reshape(h, w, 3).copy())
     ours = ((pixels[0, :, 0].permute(1, 2, 0) + 1) * 127.5)
     assert (ours - ref.float()).abs().mean() < 6.0  # two bicubic resamplers, one picture
 
@@ -181,8 +184,10 @@ def test_bad_requests_name_the_fix(models, tmp_path, capsys):
 
 def test_sample_stem_is_vbench_naming():
     assert sample_stem("A panda playing guitar.", 3) == "A panda playing guitar.-3"
-    with pytest.raises(ValueError, match="too long"):
-        sample_stem("x" * 300, 0)
+    long = "é" * 200  # 400 bytes
+    stem = sample_stem(long, 12)
+    assert len((stem + ".json").encode()) <= 255 and stem.endswith("-12")
+    assert stem != sample_stem(long + "!", 12) and stem.startswith("é" * 100)
 
 
 def test_config_condition_kinds_are_the_samplers():

@@ -129,3 +129,11 @@ def test_warmup_then_cosine_reaches_zero_and_applies_to_every_update():
     train(run, Regression.batch, settings(3, warmup_steps=4))
     assert run.opt.param_groups[0]["lr"] == pytest.approx(0.075)
     assert run.opt.param_groups[0]["initial_lr"] == 0.1
+
+
+def test_piecewise_drops_as_open_sora_5e5_then_3e5():
+    from osora.train.loop import lr_factor
+
+    s = settings(10, warmup_steps=2, lr_drops=((6, 0.6), (3, 0.8)))
+    assert [lr_factor(step, s) for step in range(8)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.8, 0.8, 0.8, 0.6, 0.6])

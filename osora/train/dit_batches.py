@@ -1,0 +1,104 @@
+"""DiT training batches from a latents table (RECIPE §4–§6): step → `LatentBatch`.
+
+The rows' latents (already in the DiT's scale) and their texts' embeddings are held in memory
+(the text encoder runs once per distinct text, through the embedding cache); each step takes
+its rank's items of that step's bucket from `bucket_batches.epoch_schedule`, so every rank
+trains on the same bucket. Then, per sample:
+- conditioned stages draw a condition kind (`conditioning.sample_condition_kind`, kinds that
+  do not fit the clip left out) and build [mask, mask·latent] from the clip's own latent
+  frames. (The reference encodes an i2v image separately from the video; with precomputed
+  latents the first latent frame stands in for it — exact for a causal AE's first frame, an
+  approximation for a non-causal one, whose first latent frame also saw frames 1–3.)
+- the condition is dropped with `conditioning.image_dropout`, the text with `text_dropout`
+  (T5 and CLIP independently, to the empty prompt's embedding).
+All draws come from a generator seeded by the loop's per-step seed, so a resumed run repeats
+the batches of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from osora.diffusion.conditioning import (
+    build_cond,
+    condition_mask,
+    drop_condition,
+    drop_text,
+    sample_condition_kind,
+)
+from osora.models.text import EmbeddingCache, TextEncoder, encode_cached, null_embedding
+from osora.train.bucket_batches import BucketBatch, BucketRule, epoch_schedule
+from osora.train.flow_objective import LatentBatch
+
+
+class LatentBatches:
+    """rows: `latents_<level>` rows (dicts with latent bytes, text, frames/height/width);
+    rules: bucket frame count → BucketRule; condition_weights: None for T2V, else kind → weight.
+    """
+
+    def __init__(self, rows: Sequence[dict], text_encoder: TextEncoder, cache: EmbeddingCache,
+                 rules: Mapping[int, BucketRule], *, world: int, rank: int, seed: int,
+                 condition_weights: Mapping[str, float] | None = None,
+                 v2v_frames: int | None = None, text_dropout: float = 0.0,
+                 image_dropout: float = 0.0, device: str | torch.device = "cpu"):
+        from osora.data.latents import read_latent
+
+        if not rows:
+            raise ValueError("no latent rows to train on: run the latents stage first "
+                             "(dvc repro latents) and check its level")
+        missing = sorted({r["frames"] for r in rows} - set(rules))
+        if missing:
+            raise ValueError(f"no batch size for {missing}-frame buckets: add them to "
+                             "params/buckets.yaml for this stage")
+        self.latents = [read_latent(r).float() for r in rows]  # (C, T, H, W) each
+        self.buckets = [(r["frames"], r["height"], r["width"]) for r in rows]
+        self.rules = {b: rules[b[0]] for b in set(self.buckets)}
+        emb = encode_cached(text_encoder, [r["text"] for r in rows], cache)
+        self.text, self.mask, self.pooled = emb.seq.float(), emb.mask, emb.pooled.float()
+        self.null = null_embedding(text_encoder, cache)
+        self.world, self.rank, self.seed = world, rank, seed
+        self.condition_weights = dict(condition_weights) if condition_weights else None
+        self.v2v_frames = v2v_frames
+        self.text_dropout, self.image_dropout = text_dropout, image_dropout
+        self.device = torch.device(device)
+        self._epochs: list[list[list[BucketBatch]]] = []
+
+    def step_batch(self, step: int) -> BucketBatch:
+        """This rank's items at a global step: epochs follow each other, each its own shuffle."""
+        done = 0
+        for epoch in range(step + 1):  # an epoch has ≥ 1 step, so step lies within step + 1
+            if epoch == len(self._epochs):
+                self._epochs.append(epoch_schedule(self.buckets, self.rules, world=self.world,
+                                                   seed=self.seed, epoch=epoch))
+                if not self._epochs[-1]:
+                    raise ValueError("an epoch has no full batch: lower the batch sizes in "
+                                     "params/buckets.yaml (each bucket needs ≥ batch_size × "
+                                     "world clips)")
+            if step < done + len(self._epochs[epoch]):
+                return self._epochs[epoch][step - done][self.rank]
+            done += len(self._epochs[epoch])
+        raise AssertionError("unreachable")
+
+    def __call__(self, step: int) -> LatentBatch:
+        items = list(self.step_batch(step).items)
+        # the loop seeded the global RNG for (seed, rank, step); a CPU generator from it
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        latent = torch.stack([self.latents[i] for i in items])  # (B, C, T, H, W)
+        text, pooled, mask = drop_text(
+            self.text[items], self.pooled[items], null_text=self.null.seq.float(),
+            null_pooled=self.null.pooled.float(), p_text=self.text_dropout,
+            p_pooled=self.text_dropout, generator=generator, text_mask=self.mask[items],
+            null_text_mask=self.null.mask)
+        cond = None
+        if self.condition_weights is not None:
+            t = latent.shape[2]
+            masks = torch.stack([condition_mask(
+                sample_condition_kind(self.condition_weights, generator, num_latent_frames=t,
+                                      v2v_frames=self.v2v_frames), t,
+                v2v_frames=self.v2v_frames) for _ in items])  # (B, T)
+            cond = drop_condition(build_cond(latent, masks), self.image_dropout, generator)
+        d = self.device
+        return LatentBatch(latent.to(d), text.to(d), pooled.to(d), mask.to(d),
+                           None if cond is None else cond.to(d))

@@ -1,0 +1,84 @@
+"""Assembling one DiT training stage from params/dit.yaml and params/buckets.yaml: where its
+model starts (fresh, an earlier stage's weights, or an imported checkpoint), the optimizer of
+RECIPE §4, the flow objective, FSDP2 over the MMDiT's blocks, and the loop's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from osora.models.mmdit import DoubleStreamBlock, MMDiT, SingleStreamBlock
+from osora.train.bucket_batches import BucketRule
+from osora.train.ema import EMA
+from osora.train.flow_objective import FlowObjective
+from osora.train.loop import LoopSettings
+from osora.weights.mmdit import load_mmdit, mmdit_config
+
+# The MMDiT's repeating blocks: each one FSDP2 unit (gathered, run, resharded)
+MMDIT_SHARD_UNITS = (DoubleStreamBlock, SingleStreamBlock)
+WEIGHTS_FILE = "dit.safetensors"
+
+
+def stage_weights(models_root: Path, stage: str) -> Path:
+    """Where stage `stage` writes its weights: models/dit/<stage>/dit.safetensors."""
+    return Path(models_root) / stage / WEIGHTS_FILE
+
+
+def initial_model(params, stage: str, models_root: Path) -> MMDiT:
+    """The stage's starting MMDiT on the CPU, in float32, in training mode."""
+    config = mmdit_config(params.model)
+    init = params.train.stages[stage].init
+    if init is None:
+        torch.manual_seed(params.train.seed)
+        return MMDiT(config).train()
+    path = stage_weights(models_root, init) if init in params.train.stages else Path(init)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage {stage} starts from {init}: {path} does not exist; "
+                                f"run that stage first (dvc repro dit_{init}) or fix "
+                                f"params/dit.yaml:train.stages.{stage}.init")
+    model = load_mmdit(path, dtype=torch.float32)
+    if model.config != config:
+        raise ValueError(f"{path} holds another MMDiT than params/dit.yaml:model "
+                         f"({model.config} vs {config}); import it for this config or rerun "
+                         "the earlier stage")
+    return model.train()
+
+
+def exported_model(params, weights: dict[str, torch.Tensor]) -> MMDiT:
+    """A plain MMDiT holding the gathered full weights (`checkpoint.full_state_dict`)."""
+    with torch.device("meta"):
+        model = MMDiT(mmdit_config(params.model))
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model
+
+
+def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
+    """params/buckets.yaml's rules of a stage, by bucket frame count."""
+    if stage not in buckets.stages:
+        raise ValueError(f"params/buckets.yaml has no stage {stage}; add its batch sizes")
+    return {frames: BucketRule(r.batch_size, r.keep)
+            for frames, r in buckets.stages[stage].items()}
+
+
+def build_objective(params, model: MMDiT, stage: str, world_size: int) -> FlowObjective:
+    """AdamW (RECIPE §4) on the model, FSDP2-sharded over its blocks when world_size > 1."""
+    from osora.train.parallel import shard_model
+
+    t = params.train
+    if world_size > 1:
+        model = shard_model(model, MMDIT_SHARD_UNITS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.stages[stage].lr, betas=t.betas,
+                                  eps=t.eps, weight_decay=t.weight_decay)
+    ema = EMA(model, t.ema_decay) if t.ema_decay is not None else None
+    return FlowObjective(model, optimizer, patch_size=params.model.patch_size,
+                         sigma_min=t.sigma_min, ema=ema)
+
+
+def loop_settings(params, stage: str, device: str) -> LoopSettings:
+    t, s = params.train, params.train.stages[stage]
+    drops = () if s.lr_drop is None else ((s.lr_drop[0], s.lr_drop[1] / s.lr),)
+    return LoopSettings(steps=s.steps, grad_clip=t.grad_clip, log_every=t.log_every,
+                        checkpoint_every=t.checkpoint_every, precision=t.precision,
+                        device=device, seed=t.seed, warmup_steps=s.warmup_steps,
+                        lr_drops=drops)

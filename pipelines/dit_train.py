@@ -1,0 +1,110 @@
+"""DVC stages `dit_stage1`, `dit_stage2`, …: train the MMDiT with flow matching on a latents
+table (RECIPE §4–§6), one stage per run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
+and params/buckets.yaml:stages.NAME.
+
+One process on CPU (the tiny default), or sharded with FSDP2 under torchrun:
+    torchrun --nproc-per-node 8 pipelines/dit_train.py --stage stage1 ...
+Resumes from the newest checkpoint of an identical run; writes the weights as an osora MMDiT
+checkpoint (config and text encoder in its metadata) to <models>/<stage>/dit.safetensors.
+"""
+
+import argparse
+from pathlib import Path
+
+from osora.config import load_settings
+from osora.fileio import atomic_write_json
+from osora.lineage import read_receipt
+from osora.paths import workspace_root
+from osora.store import Store
+from osora.tracking import stage_run
+
+PARAMS = ("dit.model", "dit.text", "dit.conditioning", "dit.train", "buckets.stages")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", required=True, help="a key of params/dit.yaml train.stages")
+    parser.add_argument("--latents", type=Path, required=True, help="receipt of the latents")
+    parser.add_argument("--models", type=Path, required=True,
+                        help="models/dit: earlier stages' weights are read from here, this "
+                        "stage's written to <models>/<stage>/")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
+    parser.add_argument("--curve", type=Path, required=True, help="loss curve CSV (DVC plot)")
+    args = parser.parse_args()
+
+    from osora.models.text import EmbeddingCache, build_text_encoder
+    from osora.train.checkpoint import full_state_dict, run_folder
+    from osora.train.curve import write_curve
+    from osora.train.dit_batches import LatentBatches
+    from osora.train.dit_setup import (
+        bucket_rules,
+        build_objective,
+        exported_model,
+        initial_model,
+        loop_settings,
+        stage_weights,
+    )
+    from osora.train.loop import train
+    from osora.train.parallel import close_distributed, init_distributed
+    from osora.weights.mmdit import save_mmdit
+
+    settings = load_settings()
+    params = settings.dit
+    if args.stage not in params.train.stages:
+        raise SystemExit(f"dit_train: no stage {args.stage!r} in params/dit.yaml train.stages "
+                         f"({', '.join(params.train.stages)})")
+    stage = params.train.stages[args.stage]
+    store = Store.from_settings(settings.store)
+    dist = init_distributed(None if params.train.device == "cuda" else "gloo")
+    device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
+    with stage_run(f"dit_{args.stage}", settings, PARAMS, device=device) as run:
+        table = f"latents_{stage.latents}"
+        if table not in read_receipt(args.latents):
+            raise SystemExit(f"dit_train: {args.latents} has no table {table}; set "
+                             f"train.stages.{args.stage}.latents to the level the latents "
+                             "stage encodes (params/ae.yaml latents.level)")
+        rows = run.read_input(store, args.latents, table).to_pylist()
+        text_encoder = build_text_encoder(params.text, device)
+        cond = params.conditioning
+        batches = LatentBatches(
+            rows, text_encoder, EmbeddingCache(params.text.cache),
+            bucket_rules(settings.buckets, args.stage), world=dist.world_size, rank=dist.rank,
+            seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
+            v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
+            image_dropout=cond.image_dropout, device=device)
+        model = initial_model(params, args.stage, args.models).to(device)
+        objective = build_objective(params, model, args.stage, dist.world_size)
+        curve: list[dict[str, float]] = []
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            run.log_metrics(metrics, step=step)
+            curve.append({"step": step, **metrics})
+
+        ref = read_receipt(args.latents)[table]
+        checkpoints = run_folder(workspace_root() / "checkpoints" / f"dit_{args.stage}",
+                                 params.model, params.train, stage, settings.buckets,
+                                 ref.uri, ref.version, dist.world_size, text_encoder.identity)
+        result = train(objective, batches, loop_settings(params, args.stage, device),
+                       checkpoint_dir=checkpoints, log=log, rank=dist.rank)
+
+        weights = full_state_dict(objective.model)  # collective: every rank calls
+        if dist.rank == 0:
+            export = exported_model(params, weights)
+            save_mmdit(export, stage_weights(args.models, args.stage),
+                       text_encoder=text_encoder.identity)
+            metrics = {
+                "steps": result.steps_run + (result.resumed_from or 0),
+                "resumed_from": result.resumed_from or 0,
+                "train_clips": len(rows),
+                "train_seconds": round(result.seconds, 2),
+                "parameters": sum(p.numel() for p in export.parameters()),
+                **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()},
+            }
+            run.log_metrics(metrics)
+            atomic_write_json(args.metrics, metrics)
+            write_curve(args.curve, curve)
+    close_distributed()
+
+
+if __name__ == "__main__":
+    main()
