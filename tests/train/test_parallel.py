@@ -1,4 +1,6 @@
-"""FSDP2 data parallelism on 2 real gloo processes: sharded training equals one process.
+"""FSDP2 data parallelism on 2 real gloo processes: sharded training equals one process, for
+the Video DC-AE (sharded over its blocks) and the MMDiT (over its double and single blocks,
+the joint text+video attention inside a unit; flow-matching MSE on fixed inputs).
 
 Each rank trains on half of a global batch; FSDP2 reduce-scatters the mean of the ranks'
 gradients, which is the gradient of the whole batch's mean loss. Two single-process references:
@@ -22,6 +24,8 @@ be caught.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -29,8 +33,11 @@ import torch.multiprocessing as mp
 from free_port import free_port
 from torch import nn
 
+from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.models.dcae import DCAE, DCAE_TINY
+from osora.models.mmdit import MMDIT_TINY, MMDiT
 from osora.train.ae_setup import DCAE_SHARD_UNITS as UNITS
+from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.parallel import (
     Dist,
     close_distributed,
@@ -45,25 +52,78 @@ RTOL_GRAD, ATOL_GRAD = 1e-4, 1e-8  # sharded vs `whole`: float32 rounding of the
 EXACT = {"rtol": 0.0, "atol": 0.0}  # sharded vs `reference`: the same arithmetic
 
 
-def tiny_model(seed: int) -> DCAE:
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]  # the model, the same on every call
+    units: tuple  # its FSDP2 units
+    batch: Callable[[], tuple[torch.Tensor, ...]]  # the global batch: tensors of batch WORLD
+    loss: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]  # mean over the batch
+    probe: str  # a parameter whose gradient the doubled-divide check compares
+    # vs `reference`: exact for the DC-AE; the MMDiT's shared conditioning vector takes its
+    # gradient from every block, summed in an order FSDP2's hooks change: rounding apart
+    grad_tol: dict = field(default_factory=lambda: EXACT)
+    param_tol: dict = field(default_factory=lambda: EXACT)  # after 2 AdamW steps
+
+
+def tiny_model(seed: int = 0) -> DCAE:
     torch.manual_seed(seed)
     return DCAE(DCAE_TINY)
 
 
-def global_batch() -> torch.Tensor:
+def dcae_batch() -> tuple[torch.Tensor]:
     # 4×64×64: the deepest stage still attends over 1×2×2 positions (at 4×32×32 it has one
     # position, the q/k gradients are pure rounding noise and AdamW amplifies them)
     g = torch.Generator().manual_seed(1)
-    return torch.rand(WORLD, 3, 4, 64, 64, generator=g) * 2 - 1  # (B, 3, T, H, W) in [-1, 1]
+    return (torch.rand(WORLD, 3, 4, 64, 64, generator=g) * 2 - 1,)  # (B, 3, T, H, W)
+
+
+def dcae_loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
+    (x,) = batch
+    return (model(x) - x).abs().mean()  # L1 reconstruction
+
+
+def tiny_mmdit() -> MMDiT:
+    """MMDIT_TINY with every weight drawn (its zero-initialised output layer would make every
+    other gradient zero and the comparison empty)."""
+    torch.manual_seed(0)
+    model = MMDiT(MMDIT_TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    return model
+
+
+def mmdit_batch() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(2)
+    cfg = MMDIT_TINY
+    x = torch.randn(WORLD, cfg.in_channels, 3, 4, 6, generator=g)  # (B, C, T, H, W)
+    cond = build_cond(torch.randn(x.shape, generator=g), condition_mask("i2v_head", 3))
+    text = torch.randn(WORLD, 5, cfg.text_dim, generator=g)  # (B, L, D)
+    mask = torch.rand(WORLD, 5, generator=g) > 0.3  # (B, L)
+    mask[:, 0] = True
+    return (x, torch.rand(WORLD, generator=g), text, torch.randn(WORLD, cfg.vec_dim, generator=g),
+            mask, cond, torch.randn(x.shape, generator=g))
+
+
+def mmdit_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, t, text, pooled, mask, cond, target = batch
+    return ((model(x, t, text, pooled, text_mask=mask, cond=cond) - target) ** 2).mean()
+
+
+CASES = {
+    "dcae": Case(tiny_model, UNITS, dcae_batch, dcae_loss, "decoder.conv_out.weight"),
+    "mmdit": Case(tiny_mmdit, MMDIT_SHARD_UNITS, mmdit_batch, mmdit_loss,
+                  "final_layer.linear.weight", {"rtol": 1e-4, "atol": 1e-8},
+                  {"rtol": 1e-4, "atol": 1e-5}),
+}
 
 
 def adamw(model: nn.Module) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-15)
 
 
-def backward(model: nn.Module, x: torch.Tensor) -> None:
-    loss = (model(x) - x).abs().mean()  # L1 reconstruction, mean over the batch given
-    loss.backward()
+def backward(case: Case, model: nn.Module, batch: tuple[torch.Tensor, ...], i: slice) -> None:
+    case.loss(model, tuple(x[i] for x in batch)).backward()
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -79,8 +139,9 @@ def assert_grads(sharded: nn.Module, expected: nn.Module, what: str, **tol: floa
         )
 
 
-def _worker(rank: int, port: int) -> None:
+def _worker(rank: int, port: int, name: str) -> None:
     """One rank: shard, train 2 steps on its half, compare with the single-process runs."""
+    case = CASES[name]
     torch.set_num_threads(1)  # 2 ranks on 2 cores; and the same kernels as the references
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
@@ -90,26 +151,26 @@ def _worker(rank: int, port: int) -> None:
     try:
         assert where == Dist(rank, WORLD, rank)
         assert torch.distributed.get_backend() == "gloo"
-        x = global_batch()  # (2, 3, 4, 64, 64): the same on every rank
-        mine = x[rank : rank + 1]  # (1, 3, 4, 64, 64): this rank's half
+        x = case.batch()  # batch WORLD: the same on every rank
+        mine, every = slice(rank, rank + 1), slice(None)  # this rank's half; the whole batch
 
-        whole, reference = tiny_model(seed=0), tiny_model(seed=0)
-        sharded = shard_model(tiny_model(seed=0), UNITS)
+        whole, reference = case.build(), case.build()
+        sharded = shard_model(case.build(), case.units)
         assert all(hasattr(p, "full_tensor") for p in sharded.parameters())  # DTensors
         ref_opt, opt = adamw(reference), adamw(sharded)
 
-        backward(whole, x)
+        backward(case, whole, x, every)
         for step in range(2):
             ref_opt.zero_grad(set_to_none=True)
             opt.zero_grad(set_to_none=True)
             for i in range(WORLD):  # the whole batch as micro-batches of one sample
-                backward(reference, x[i : i + 1])
+                backward(case, reference, x, slice(i, i + 1))
             for p in reference.parameters():
                 p.grad.div_(WORLD)
-            backward(sharded, mine)
+            backward(case, sharded, x, mine)
             if step == 0:
                 assert_grads(sharded, whole, "whole batch", rtol=RTOL_GRAD, atol=ATOL_GRAD)
-            assert_grads(sharded, reference, f"step {step}", **EXACT)
+            assert_grads(sharded, reference, f"step {step}", **case.grad_tol)
             ref_norm = nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
             norm = nn.utils.clip_grad_norm_(sharded.parameters(), 1.0)  # a DTensor norm
             torch.testing.assert_close(full(norm), ref_norm, rtol=1e-6, atol=0.0)
@@ -119,14 +180,15 @@ def _worker(rank: int, port: int) -> None:
         ref_params = dict(reference.named_parameters())
         for name, p in sharded.named_parameters():
             torch.testing.assert_close(
-                full(p.detach()), ref_params[name].detach(), **EXACT,
+                full(p.detach()), ref_params[name].detach(), **case.param_tol,
                 msg=lambda m, n=name: f"param {n}: {m}",
             )  # fmt: skip
 
         # Clipping that bites scales DTensor gradients like plain ones.
         nn.utils.clip_grad_norm_(sharded.parameters(), float(full(norm)) / 4)
         nn.utils.clip_grad_norm_(reference.parameters(), float(ref_norm) / 4)
-        assert_grads(sharded, reference, "clipped", rtol=1e-5, atol=1e-10)
+        assert_grads(sharded, reference, "clipped", rtol=max(1e-5, case.grad_tol["rtol"]),
+                     atol=max(1e-10, case.grad_tol["atol"]))
 
         # A wrong reduction is caught: dividing by 2× the world size (gradients averaged
         # twice) gives exactly half the reference gradient. (Without force-sum reduction this
@@ -136,14 +198,14 @@ def _worker(rank: int, port: int) -> None:
                 module.set_gradient_divide_factor(2.0 * WORLD)
         opt.zero_grad(set_to_none=True)
         ref_opt.zero_grad(set_to_none=True)
-        backward(sharded, mine)
+        backward(case, sharded, x, mine)
         for i in range(WORLD):
-            backward(reference, x[i : i + 1])
+            backward(case, reference, x, slice(i, i + 1))
         for p in reference.parameters():
             p.grad.div_(2 * WORLD)  # what the doubled factor computes: half the mean
-        assert_grads(sharded, reference, "doubled divide factor", **EXACT)
-        mean = 2 * reference.decoder.conv_out.weight.grad
-        halved = full(sharded.decoder.conv_out.weight.grad)
+        assert_grads(sharded, reference, "doubled divide factor", **case.grad_tol)
+        mean = 2 * reference.get_parameter(case.probe).grad
+        halved = full(sharded.get_parameter(case.probe).grad)
         assert not torch.allclose(halved, mean, rtol=RTOL_GRAD, atol=ATOL_GRAD)
 
         means = mean_over_ranks({"loss": float(rank), "one": 1.0})
@@ -152,8 +214,9 @@ def _worker(rank: int, port: int) -> None:
         close_distributed()
 
 
-def test_sharded_training_equals_single_process():
-    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("name", list(CASES))
+def test_sharded_training_equals_single_process(name):
+    mp.spawn(_worker, args=(free_port(), name), nprocs=WORLD, join=True)
 
 
 def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch):
@@ -161,7 +224,7 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name, raising=False)
     assert init_distributed(None) == Dist(0, 1, 0)
     assert not torch.distributed.is_initialized()
-    model = tiny_model(seed=0)
+    model = tiny_model()
     assert shard_model(model, UNITS) is model
     assert not any(hasattr(p, "full_tensor") for p in model.parameters())
     assert mean_over_ranks({"loss": 2.0}) == {"loss": 2.0}
