@@ -155,6 +155,8 @@ class DiTTrainParams(Params):
     ema_decay: float | None = Field(ge=0, lt=1, description="null: no EMA (paper)")
     log_every: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)
+    async_checkpoint: bool = Field(description="write checkpoints in the background while "
+                                   "training goes on (complete or absent, never half)")
     stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
 
     @model_validator(mode="after")

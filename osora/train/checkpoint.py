@@ -27,8 +27,6 @@ import pickle
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,11 @@ from torch.distributed.checkpoint.stateful import Stateful
 _NAME = re.compile(r"step_(\d{8})")
 _STEP_KEY = "_checkpoint_step"  # reserved: the step, stored inside the checkpoint itself
 _METADATA = ".metadata"  # DCP's index file, written last by the coordinator rank
+
+# Without a process group DCP warns on every save and load (also from the background thread of
+# an asynchronous save) that it assumes a single process: here that is the intended mode.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or "
+                        "uninitialized, assuming the intent is to")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +123,54 @@ def save(directory: Path, step: int, state: dict[str, Any], keep: int = 2) -> Pa
     Collective: every rank calls it with the same `directory` (a filesystem all ranks share).
     Returns the checkpoint's folder. Saving a step that exists replaces it.
     """
+    partial, final, payload = _begin(directory, step, state, keep)
+    dcp.save(payload, checkpoint_id=str(partial))
+    # dcp.save returns on every rank only after the coordinator wrote `.metadata`, which it
+    # does after all ranks reported their writes: the checkpoint in `partial` is complete.
+    _finish(partial, final, keep)
+    return final
+
+
+class AsyncSaver:
+    """Saves that overlap training (RECIPE §6: checkpoints in seconds). `save` blocks only while
+    DCP copies the state into CPU staging memory; a background thread then writes it, and the
+    `.partial` → final rename happens once the write is complete on every rank: at the next
+    `save` (one write in flight at a time) or at `wait`. A crash mid-write leaves a `.partial`
+    folder, which is never resumed from and is cleared by the next save.
+
+    Collective like `save`: every rank calls `save` and `wait` in the same order. The background
+    write talks to the other ranks over its own gloo group, so it never interleaves with the
+    training step's collectives.
+    """
+
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory, self.keep = Path(directory), keep
+        self._pending: tuple[Any, Path, Path] | None = None
+        distributed = dist.is_available() and dist.is_initialized()
+        self._group = dist.new_group(backend="gloo") if distributed else None
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        self.wait()
+        partial, final, payload = _begin(self.directory, step, state, self.keep)
+        future = dcp.async_save(payload, checkpoint_id=str(partial),
+                                process_group=self._group, no_dist=self._group is None)
+        self._pending = (future, partial, final)
+        return final
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight is complete and renamed; its folder (None: none)."""
+        if self._pending is None:
+            return None
+        future, partial, final = self._pending
+        self._pending = None
+        future.result()  # re-raises a failed write
+        _finish(partial, final, self.keep)
+        return final
+
+
+def _begin(directory: Path, step: int, state: dict[str, Any], keep: int
+           ) -> tuple[Path, Path, dict[str, Any]]:
+    """Checks, the folder names, stale `.partial` folders cleared; (partial, final, payload)."""
     if keep < 1:
         raise ValueError(f"checkpoint.save: keep must be ≥ 1, got {keep}")
     if step < 0:
@@ -129,28 +180,33 @@ def save(directory: Path, step: int, state: dict[str, Any], keep: int = 2) -> Pa
     directory = Path(directory)
     final = directory / f"step_{step:08d}"
     partial = directory / f".{final.name}.partial"
-    distributed = dist.is_available() and dist.is_initialized()
-    main = not distributed or dist.get_rank() == 0
-
-    if main:  # leftovers of a crashed save are never resumed from: clear them
+    if _is_main():  # leftovers of a crashed save are never resumed from: clear them
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".step_*.partial"):
             shutil.rmtree(stale)
-    if distributed:
+    if _distributed():
         dist.barrier()  # no rank writes into `partial` before rank 0 has cleared it
+    return partial, final, {**state, _STEP_KEY: torch.tensor(step, dtype=torch.int64)}
 
-    with _single_process_is_intended():
-        step_value = {_STEP_KEY: torch.tensor(step, dtype=torch.int64)}
-        dcp.save({**state, **step_value}, checkpoint_id=str(partial))
-    # dcp.save returns on every rank only after the coordinator wrote `.metadata`, which it
-    # does after all ranks reported their writes: the checkpoint in `partial` is complete.
-    if main:
+
+def _finish(partial: Path, final: Path, keep: int) -> None:
+    """`partial` (complete on every rank) becomes `final`; older checkpoints are pruned."""
+    if _distributed():
+        dist.barrier()  # every rank's write has returned
+    if _is_main():
         _replace(partial, final)
-        for old in _complete(directory)[:-keep]:
+        for old in _complete(final.parent)[:-keep]:
             shutil.rmtree(old)
-    if distributed:
+    if _distributed():
         dist.barrier()  # every rank returns only once `final` exists
-    return final
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _is_main() -> bool:
+    return not _distributed() or dist.get_rank() == 0
 
 
 def latest(directory: Path) -> Path | None:
@@ -177,18 +233,8 @@ def load(path: Path, state: dict[str, Any]) -> int:
         if index.name.endswith(_METADATA):
             _check_metadata(index)
     step = {_STEP_KEY: torch.tensor(-1, dtype=torch.int64)}
-    with _single_process_is_intended():
-        dcp.load({**state, **step}, checkpoint_id=str(path), planner=_WeightsOnlyLoadPlanner())
+    dcp.load({**state, **step}, checkpoint_id=str(path), planner=_WeightsOnlyLoadPlanner())
     return int(step[_STEP_KEY])
-
-
-@contextmanager
-def _single_process_is_intended() -> Iterator[None]:
-    """Without a process group DCP warns on every call that it assumes a single process: here
-    that is the intended mode, not a mistake."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
 
 
 def _complete(directory: Path) -> list[Path]:

@@ -81,4 +81,4 @@ def loop_settings(params, stage: str, device: str) -> LoopSettings:
     return LoopSettings(steps=s.steps, grad_clip=t.grad_clip, log_every=t.log_every,
                         checkpoint_every=t.checkpoint_every, precision=t.precision,
                         device=device, seed=t.seed, warmup_steps=s.warmup_steps,
-                        lr_drops=drops)
+                        lr_drops=drops, async_checkpoint=t.async_checkpoint)

@@ -69,6 +69,7 @@ class LoopSettings:
     # piecewise-constant drops on top: ((step, factor), ...), the factor from that step on
     # (Open-Sora's 5e-5 → 3e-5 at 40k is ((40000, 0.6),))
     lr_drops: tuple[tuple[int, float], ...] = ()
+    async_checkpoint: bool = False  # write checkpoints in the background (checkpoint.AsyncSaver)
 
 
 @dataclass
@@ -104,6 +105,8 @@ def train(
         torch.autocast(torch.device(settings.device).type, dtype=torch.bfloat16)
         if settings.precision == "bf16" else nullcontext()
     )
+    saver = (checkpoint.AsyncSaver(checkpoint_dir)
+             if checkpoint_dir is not None and settings.async_checkpoint else None)
     began = time.perf_counter()
     window: dict[str, list[float]] = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -146,7 +149,12 @@ def train(
         if checkpoint_dir is not None and (
             done % settings.checkpoint_every == 0 or done == settings.steps
         ):
-            checkpoint.save(checkpoint_dir, done, state)
+            if saver is not None:
+                saver.save(done, state)
+            else:
+                checkpoint.save(checkpoint_dir, done, state)
+    if saver is not None:
+        saver.wait()  # the last checkpoint is complete before the run reports done
     return LoopResult(
         steps_run=settings.steps - start,
         resumed_from=resumed,

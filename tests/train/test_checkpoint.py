@@ -240,3 +240,24 @@ def test_sharded_checkpoint_loads_into_one_unsharded_process(tmp_path: Path):
         assert torch.equal(p.detach(), expected["model"][name]), f"parameter {name} differs"
         for key, value in opt.state[p].items():
             assert torch.equal(value, expected["optim"][name][key]), f"{key} of {name} differs"
+
+
+def test_async_save_keeps_the_step_it_was_given_while_training_goes_on(tmp_path: Path):
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / ".step_00000001.partial").mkdir(parents=True)  # a crashed write's leftovers
+    saver = checkpoint.AsyncSaver(tmp_path, keep=1)
+    final = saver.save(2, {"m": ModelOptimState(model, {})})
+    with torch.no_grad():  # training goes on while the write is in flight
+        model.weight.add_(1.0)
+    assert checkpoint.latest(tmp_path) is None or checkpoint.latest(tmp_path) == final
+    assert saver.wait() == final and checkpoint.latest(tmp_path) == final
+    assert not list(tmp_path.glob(".step_*.partial"))
+    fresh = nn.Linear(64, 64)
+    assert checkpoint.load(final, {"m": ModelOptimState(fresh, {})}) == 2
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    saver.save(3, {"m": ModelOptimState(model, {})})
+    saver.wait()
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000003"]  # keep=1 pruned step 2
