@@ -72,11 +72,21 @@ class StageRun:
         self.stage = stage
         self.run_id = run_id
         self.outputs: list[TableRef] = []
+        self.events: list[dict] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_event(self, event: dict) -> None:
+        """A training event (osora.train.recovery: nan, spike, restored, slow, hang): the metric
+        `event/<kind>` at its step, and every event so far in the artifact `events.json`."""
+        import mlflow
+
+        self.events.append(event)
+        mlflow.log_metric(f"event/{event['kind']}", 1.0, step=event.get("step") or 0)
+        mlflow.log_dict({"events": self.events}, "events.json")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow

@@ -43,10 +43,15 @@ def main() -> None:
             raise SystemExit(f"dit_sample: {args.latents} has no table {table}")
         texts = sorted(set(run.read_input(store, args.latents, table).column("text")
                            .to_pylist()))
-        groups: dict[tuple[int, int | None], list[str]] = {}
+        # each caption once (VBench names a video by its prompt), with the fps and motion
+        # score of its first text
+        settings_of: dict[str, tuple[int, int | None]] = {}
         for text in texts:
             caption, fps, motion = split_conditioned_text(text)
-            groups.setdefault((fps, motion), []).append(caption)
+            settings_of.setdefault(caption, (fps, motion))
+        groups: dict[tuple[int, int | None], list[str]] = {}
+        for caption, key in settings_of.items():
+            groups.setdefault(key, []).append(caption)
         videos: list[tuple[Path, str]] = []
         for (fps, motion), captions in sorted(groups.items(), key=str):
             request = SampleRequest(captions, args.checkpoint, args.out, "t2v",

@@ -2,13 +2,16 @@
 table (RECIPE §4–§6), one stage per run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
 and params/buckets.yaml:stages.NAME.
 
-One process on CPU (the tiny default), or sharded with FSDP2 under torchrun:
-    torchrun --nproc-per-node 8 pipelines/dit_train.py --stage stage1 ...
+One process on CPU (the tiny default), or sharded with FSDP2 under torchrun, restarted after a
+hang or slowdown (osora.train.recovery):
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc-per-node 8 --max-restarts 3 \
+        pipelines/dit_train.py --stage stage1 ...
 Resumes from the newest checkpoint of an identical run; writes the weights as an osora MMDiT
 checkpoint (config and text encoder in its metadata) to <models>/<stage>/dit.safetensors.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from osora.config import load_settings
@@ -46,6 +49,7 @@ def main() -> None:
     )
     from osora.train.loop import train
     from osora.train.parallel import close_distributed, init_distributed
+    from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
     from osora.weights.mmdit import save_mmdit
 
     settings = load_settings()
@@ -84,8 +88,13 @@ def main() -> None:
         checkpoints = run_folder(workspace_root() / "checkpoints" / f"dit_{args.stage}",
                                  params.model, params.train, stage, settings.buckets,
                                  ref.uri, ref.version, dist.world_size, text_encoder.identity)
-        result = train(objective, batches, loop_settings(params, args.stage, device),
-                       checkpoint_dir=checkpoints, log=log, rank=dist.rank)
+        try:
+            result = train(objective, batches, loop_settings(params, args.stage, device),
+                           checkpoint_dir=checkpoints, log=log, rank=dist.rank,
+                           on_event=run.log_event)
+        except RestartRequired as err:  # torchrun --max-restarts restarts it; it resumes
+            print(f"dit_train: {err}", file=sys.stderr)
+            sys.exit(HANG_EXIT_CODE)
 
         weights = full_state_dict(objective.model)  # collective: every rank calls
         if dist.rank == 0:

@@ -1,5 +1,6 @@
 """MLflow stage runs: params, tags, lineage and cost, read back through MlflowClient."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_a_rerun_that_changes_nothing_writes_the_same_receipt(project):
         receipts.append((project / "r.json").read_bytes())
     assert receipts[0] == receipts[1]
     assert len(store.tags("videos")) == 1
+
+
+def test_training_events_become_metrics_and_an_events_artifact(project):
+    settings = load_settings()
+    events = [{"kind": "nan", "step": 7, "detail": "loss is nan"},
+              {"kind": "restored", "step": 7, "detail": "from the checkpoint of step 6"}]
+    with stage_run("dit_stage1", settings, "dit.train") as run:
+        for event in events:
+            run.log_event(event)
+    client, logged = only_run(settings)
+    assert logged.data.metrics["event/nan"] == 1.0
+    history = client.get_metric_history(logged.info.run_id, "event/restored")
+    assert [(m.step, m.value) for m in history] == [(7, 1.0)]
+    path = client.download_artifacts(logged.info.run_id, "events.json", str(project))
+    assert json.loads(Path(path).read_text()) == {"events": events}

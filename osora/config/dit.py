@@ -141,6 +141,22 @@ class DiTStageParams(Params):
         return self
 
 
+class RecoveryParams(Params):
+    """Auto-recovery (osora.train.recovery): what counts as a fault and what is done."""
+
+    max_recoveries: int = Field(ge=0, description="NaN/spike restores per process; 0: a NaN "
+                                "stops the run")
+    spike_sigma: float = Field(ge=0, description="loss above mean + k·std of the window is a "
+                               "spike; 0: off")
+    spike_window: int = Field(ge=2)
+    slow_factor: float = Field(ge=0, description="step slower than factor × median is slow; "
+                               "0: off")
+    slow_window: int = Field(ge=2)
+    slow_patience: int = Field(ge=1, description="slow steps in a row before a restart")
+    hang_seconds: float = Field(ge=0, description="no step for this long: the process exits "
+                                "for torchrun --max-restarts to restart it; 0: off")
+
+
 class DiTTrainParams(Params):
     """What every DiT stage shares: the optimizer of RECIPE §4 and the run's mechanics."""
 
@@ -157,6 +173,7 @@ class DiTTrainParams(Params):
     checkpoint_every: int = Field(ge=1)
     async_checkpoint: bool = Field(description="write checkpoints in the background while "
                                    "training goes on (complete or absent, never half)")
+    recovery: RecoveryParams
     stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
 
     @model_validator(mode="after")

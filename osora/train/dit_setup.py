@@ -13,6 +13,7 @@ from osora.train.bucket_batches import BucketRule
 from osora.train.ema import EMA
 from osora.train.flow_objective import FlowObjective
 from osora.train.loop import LoopSettings
+from osora.train.recovery import RecoverySettings
 from osora.weights.mmdit import load_mmdit, mmdit_config
 
 # The MMDiT's repeating blocks: each one FSDP2 unit (gathered, run, resharded)
@@ -81,4 +82,5 @@ def loop_settings(params, stage: str, device: str) -> LoopSettings:
     return LoopSettings(steps=s.steps, grad_clip=t.grad_clip, log_every=t.log_every,
                         checkpoint_every=t.checkpoint_every, precision=t.precision,
                         device=device, seed=t.seed, warmup_steps=s.warmup_steps,
-                        lr_drops=drops, async_checkpoint=t.async_checkpoint)
+                        lr_drops=drops, async_checkpoint=t.async_checkpoint,
+                        recovery=RecoverySettings(**t.recovery.model_dump()))

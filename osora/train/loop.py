@@ -28,6 +28,14 @@ from torch import nn
 from osora.train import checkpoint
 from osora.train.ema import EMA
 from osora.train.parallel import mean_over_ranks
+from osora.train.recovery import (
+    Fault,
+    LossMonitor,
+    RecoverySettings,
+    RestartRequired,
+    StepTimer,
+    Watchdog,
+)
 
 LossFn = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 
@@ -70,6 +78,7 @@ class LoopSettings:
     # (Open-Sora's 5e-5 → 3e-5 at 40k is ((40000, 0.6),))
     lr_drops: tuple[tuple[int, float], ...] = ()
     async_checkpoint: bool = False  # write checkpoints in the background (checkpoint.AsyncSaver)
+    recovery: RecoverySettings = RecoverySettings()  # NaN/spike/slow/hang handling (recovery.py)
 
 
 @dataclass
@@ -92,11 +101,22 @@ def train(
     checkpoint_dir: Path | None = None,
     log: Callable[[dict[str, float], int], None] | None = None,
     rank: int = 0,
+    on_event: Callable[[dict], None] | None = None,
 ) -> LoopResult:
     """Run steps up to `settings.steps`, resuming from the newest checkpoint in
     `checkpoint_dir` if there is one; `log(metrics, step)` gets rank-averaged metrics on
-    rank 0 every `log_every` steps and at the last step."""
-    state = objective.state()
+    rank 0 every `log_every` steps and at the last step; `on_event(event)` gets every
+    recovery event (osora.train.recovery) on every rank."""
+    rec = settings.recovery
+    if rec.max_recoveries and checkpoint_dir is None:
+        raise ValueError("recovery restores checkpoints: give checkpoint_dir")
+    # The steps skipped after a fault travel in the checkpoints, so a resumed run skips them too
+    progress = checkpoint.ValueState({"skipped": ()})
+    state = {**objective.state(), "_loop": progress}
+    for value in state.values():  # base learning rates, so every checkpoint has the same keys
+        for optimizer in getattr(value, "optimizers", {}).values():
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
     start, resumed = 0, None
     if checkpoint_dir is not None and (found := checkpoint.latest(checkpoint_dir)) is not None:
         start = resumed = checkpoint.load(found, state)
@@ -107,60 +127,136 @@ def train(
     )
     saver = (checkpoint.AsyncSaver(checkpoint_dir)
              if checkpoint_dir is not None and settings.async_checkpoint else None)
+
+    def save(step: int) -> None:
+        if saver is not None:
+            saver.save(step, state)
+        else:
+            checkpoint.save(checkpoint_dir, step, state)
+
+    def event(kind: str, step: int, detail: str) -> None:
+        if on_event is not None:
+            on_event({"kind": kind, "step": step, "detail": detail})
+
+    # With recovery on, a fresh run also saves after its first step: something to go back to
+    # before the first periodic checkpoint. (Not before it: saving a fresh optimizer makes
+    # torch's state-dict API take a zero-lr step, which would count in Adam's bias correction.)
+    first_save = start + 1 if rec.max_recoveries and resumed is None else None
+    monitors: dict[str, LossMonitor] = {}  # one per update: the AE's and the critic's differ
+    timer = StepTimer(rec)
+    watchdog = Watchdog(rec.hang_seconds, on_event) if rec.hang_seconds > 0 else None
+    recoveries = 0
     began = time.perf_counter()
     window: dict[str, list[float]] = {}
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, float] = {}
-    for step in range(start, settings.steps):
-        # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
-        # so a resumed run repeats the uninterrupted one without saving generator states.
-        torch.manual_seed(hash((settings.seed, rank, step)) % 2**63)
-        batch = batch_for(step)
-        factor = lr_factor(step, settings)
-        for update in objective.updates(batch, step):
-            for group in update.optimizer.param_groups:
-                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
-            update.optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss, metrics = update.loss()
-            if not torch.isfinite(loss.detach()):
-                raise NonFiniteLoss(
-                    f"{update.name} loss is {loss.item()} at step {step}; lower the learning "
-                    "rate, or check the batch (a NaN input?)"
-                )
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(update.parameters, settings.grad_clip)
-            update.optimizer.step()
-            if update.ema is not None:
-                update.ema.update()
-            metrics = {f"{update.name}/loss": loss.item(),
-                       f"{update.name}/grad_norm": _full(norm), **metrics}
-            for key, value in metrics.items():
-                window.setdefault(key, []).append(float(value))
+    step = start
+    try:
+        while step < settings.steps:
+            if watchdog is not None:
+                watchdog.beat(step)
+            step_start = time.perf_counter()
+            if step not in progress["skipped"]:
+                try:
+                    metrics = _step(objective, batch_for, settings, step, rank, autocast,
+                                    monitors)
+                except Fault as fault:
+                    if saver is not None:
+                        saver.wait()
+                    found = checkpoint.latest(checkpoint_dir) if checkpoint_dir else None
+                    if recoveries >= rec.max_recoveries or found is None:
+                        why = "" if found or not rec.max_recoveries else " (no checkpoint yet)"
+                        raise NonFiniteLoss(f"{fault.detail} at step {step}{why}; lower the "
+                                            "learning rate, or check the batch (a NaN "
+                                            "input?)") from None
+                    recoveries += 1
+                    event(fault.kind, step, fault.detail)
+                    back = checkpoint.load(found, state)
+                    progress["skipped"] = (*progress["skipped"], step)
+                    event("restored", step, f"from the checkpoint of step {back}; step {step}'s "
+                          f"batch is skipped ({recoveries} of {rec.max_recoveries} recoveries)")
+                    step = back
+                    continue
+                for key, value in metrics.items():
+                    window.setdefault(key, []).append(float(value))
+            slow = timer.slow(time.perf_counter() - step_start)
+            if slow is not None:
+                event("slow", step, slow)
+                if timer.in_a_row >= rec.slow_patience:
+                    raise RestartRequired(f"{timer.in_a_row} slow steps in a row up to step "
+                                          f"{step}; restart the run (it resumes)")
 
-        done, window_steps = step + 1, window_steps + 1
-        if done % settings.log_every == 0 or done == settings.steps:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            means["step_time_s"] = (time.perf_counter() - window_start) / window_steps
-            last = mean_over_ranks(means)
-            if log is not None and rank == 0:
-                log(last, done)
-            window, window_start, window_steps = {}, time.perf_counter(), 0
-        if checkpoint_dir is not None and (
-            done % settings.checkpoint_every == 0 or done == settings.steps
-        ):
-            if saver is not None:
-                saver.save(done, state)
-            else:
-                checkpoint.save(checkpoint_dir, done, state)
-    if saver is not None:
-        saver.wait()  # the last checkpoint is complete before the run reports done
+            done, window_steps = step + 1, window_steps + 1
+            if done % settings.log_every == 0 or done == settings.steps:
+                means = {k: sum(v) / len(v) for k, v in window.items()}
+                means["step_time_s"] = (time.perf_counter() - window_start) / window_steps
+                last = mean_over_ranks(means)
+                if log is not None and rank == 0:
+                    log(last, done)
+                window, window_start, window_steps = {}, time.perf_counter(), 0
+            if checkpoint_dir is not None and (
+                done % settings.checkpoint_every == 0 or done == settings.steps
+                or done == first_save
+            ):
+                save(done)
+            step = done
+        if saver is not None:
+            saver.wait()  # the last checkpoint is complete before the run reports done
+    finally:
+        if watchdog is not None:
+            watchdog.close()
     return LoopResult(
         steps_run=settings.steps - start,
         resumed_from=resumed,
         seconds=time.perf_counter() - began,
         last=last,
     )
+
+
+def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopSettings,
+          step: int, rank: int, autocast, monitors: dict[str, LossMonitor]
+          ) -> dict[str, float]:
+    """One step's updates; their metrics. Raises Fault when an update's loss is NaN or a spike
+    on any rank, before that update is applied (an earlier update of the step may have been:
+    recovery restores a checkpoint, so that does not matter)."""
+    # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
+    # so a resumed run repeats the uninterrupted one without saving generator states.
+    torch.manual_seed(hash((settings.seed, rank, step)) % 2**63)
+    batch = batch_for(step)
+    factor = lr_factor(step, settings)
+    out: dict[str, float] = {}
+    for update in objective.updates(batch, step):
+        for group in update.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+        update.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, metrics = update.loss()
+        value = loss.item()
+        monitor = monitors.setdefault(update.name, LossMonitor(settings.recovery))
+        fault = _agreed(monitor.fault(value))
+        if fault is not None:
+            raise Fault(fault[0], step, f"{update.name} {fault[1]}")
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(update.parameters, settings.grad_clip)
+        update.optimizer.step()
+        if update.ema is not None:
+            update.ema.update()
+        out.update({f"{update.name}/loss": value, f"{update.name}/grad_norm": _full(norm),
+                    **metrics})
+    return out
+
+
+def _agreed(fault: tuple[str, str] | None) -> tuple[str, str] | None:
+    """The fault if any rank has one (every rank then takes the same branch)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return fault
+    flags = torch.tensor([fault is not None and fault[0] == "nan",
+                          fault is not None and fault[0] == "spike"], dtype=torch.int32)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    if fault is None and bool(flags.any()):
+        kind = "nan" if flags[0] else "spike"
+        return kind, "on another rank"
+    return fault
 
 
 def lr_factor(step: int, settings: LoopSettings) -> float:

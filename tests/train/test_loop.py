@@ -5,48 +5,11 @@ import math
 
 import pytest
 import torch
+from regression_objective import Regression
 from torch import nn
 
-from osora.train.checkpoint import ModelOptimState
 from osora.train.ema import EMA
-from osora.train.loop import LoopSettings, NonFiniteLoss, Update, train
-
-
-class Regression:
-    """y = W x + b on fixed random data; batches are a function of the step."""
-
-    def __init__(self, seed: int = 0, lr: float = 0.2, ema: float | None = None,
-                 poison_at: int | None = None):
-        torch.manual_seed(seed)
-        self.model = nn.Linear(4, 2)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, eps=1e-15, weight_decay=0)
-        self.ema = EMA(self.model, ema) if ema is not None else None
-        self.poison_at = poison_at
-        self.seen: list[int] = []
-
-    @staticmethod
-    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(100 + step)
-        x = torch.randn(8, 4, generator=g)
-        return x, x @ torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, 1.0, -1.0]]).T + 0.25
-
-    def updates(self, batch, step):
-        self.seen.append(step)
-        x, y = batch
-
-        def loss():
-            err = ((self.model(x) - y) ** 2).mean()
-            if step == self.poison_at:
-                err = err * float("nan")
-            return err, {"mse": err.item()}
-
-        yield Update("reg", self.opt, list(self.model.parameters()), loss, ema=self.ema)
-
-    def state(self):
-        state = {"model": ModelOptimState(self.model, {"reg": self.opt})}
-        if self.ema is not None:
-            state["ema"] = self.ema
-        return state
+from osora.train.loop import LoopSettings, NonFiniteLoss, train
 
 
 def settings(steps: int, **kw) -> LoopSettings:

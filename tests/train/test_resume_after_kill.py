@@ -1,23 +1,25 @@
-"""A 2-rank FSDP2 run under torchrun, asynchronous checkpoints, one rank SIGKILLed mid-run: the
-rerun resumes from the newest complete checkpoint and logs exactly the losses of a run that was
-never interrupted (RECIPE §6: checkpoints complete or absent, never half)."""
+"""A 2-rank FSDP2 run under torchrun with asynchronous checkpoints: one rank SIGKILLed mid-run,
+the rerun resumes from the newest complete checkpoint and logs exactly the losses of a run that
+was never interrupted (RECIPE §6: checkpoints complete or absent, never half); one rank hung,
+the watchdogs end the workers, torchrun restarts them and they finish with the same losses."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from free_port import free_port
+import pytest
 
 CHILD = Path(__file__).with_name("resume_child.py")
 
 
-def torchrun(out: Path, **env: str) -> subprocess.CompletedProcess:
+def torchrun(out: Path, restarts: int = 0, **env: str) -> subprocess.CompletedProcess:
     out.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(CHILD), str(out)]
-    return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "--max-restarts", str(restarts), str(CHILD), str(out)]
+    # a restart must not read the first attempt's addresses from a shared store (pytorch#135712)
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **env}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def losses(out: Path) -> dict[int, str]:
@@ -26,12 +28,18 @@ def losses(out: Path) -> dict[int, str]:
     return {int(step): loss for step, loss in (line.split() for line in lines if line)}
 
 
-def test_killed_rank_then_resume_gives_the_uninterrupted_losses(tmp_path):
-    straight = torchrun(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory) -> dict[int, str]:
+    """The losses of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("straight")
+    straight = torchrun(out)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    expected = losses(tmp_path / "straight")
-    assert sorted(expected) == list(range(1, 9))
+    found = losses(out)
+    assert sorted(found) == list(range(1, 9))
+    return found
 
+
+def test_killed_rank_then_resume_gives_the_uninterrupted_losses(tmp_path, expected):
     run = tmp_path / "killed"
     crashed = torchrun(run, KILL_AT="5")
     assert crashed.returncode != 0  # torchrun reports the dead worker
@@ -46,3 +54,11 @@ def test_killed_rank_then_resume_gives_the_uninterrupted_losses(tmp_path):
     assert losses(run) == expected  # bit for bit: the same float reprs
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000006",
                                                                        "step_00000008"]
+
+
+def test_a_hung_rank_is_restarted_by_torchrun_and_finishes_the_same(tmp_path, expected):
+    run = tmp_path / "hung"
+    done = torchrun(run, restarts=1, HANG_AT="5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "osora watchdog: no step for" in done.stderr
+    assert losses(run) == expected

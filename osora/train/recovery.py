@@ -1,0 +1,133 @@
+"""Auto-recovery (RECIPE §6, paper §6): notice what goes wrong in a long run and get back on
+track without a person.
+
+- NaN/inf loss, or a loss spike (above mean + k·std of the recent accepted losses): the step is
+  not applied; the loop restores the newest checkpoint, marks the step's batch to be skipped and
+  goes on, at most `max_recoveries` times per process. Every rank takes the same decision (the
+  fault flag is max-reduced over ranks).
+- Slowdown: a step slower than `slow_factor` × the median of the recent steps is an event;
+  `slow_patience` of them in a row raise `RestartRequired` (a slow node is fixed by restarting,
+  which the supervisor does).
+- Hang: no step for `hang_seconds` (a stuck collective, a dead data source). The stuck thread
+  cannot be interrupted from inside, so the watchdog thread reports the event, dumps every
+  thread's stack to stderr and exits the process with `HANG_EXIT_CODE`; `torchrun
+  --max-restarts N` restarts the workers and they resume from the newest checkpoint. Launch
+  with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with the store shared between torchrun and the
+  workers (torch's default), a restarted worker can read the dead attempt's addresses and fail
+  to connect (pytorch/pytorch#135712; seen here with gloo on torch 2.13).
+
+Every event goes to the loop's `on_event` callback (the pipelines log it to MLflow).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HANG_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a supervisor restarts on
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    max_recoveries: int = 0  # NaN/spike restores per process; 0: a NaN loss is an error
+    spike_sigma: float = 0.0  # a loss above mean + k·std of the window is a spike; 0: off
+    spike_window: int = 50  # accepted losses the spike statistics use (and must have first)
+    slow_factor: float = 0.0  # a step slower than factor × median step time is slow; 0: off
+    slow_window: int = 20
+    slow_patience: int = 3  # slow steps in a row before RestartRequired
+    hang_seconds: float = 0.0  # no step for this long: dump stacks and exit; 0: off
+
+
+class Fault(Exception):
+    """A step that must not be applied: kind "nan" or "spike"."""
+
+    def __init__(self, kind: str, step: int, detail: str):
+        super().__init__(f"{kind} at step {step}: {detail}")
+        self.kind, self.step, self.detail = kind, step, detail
+
+
+class RestartRequired(RuntimeError):
+    """The run should be restarted by its supervisor (exit with HANG_EXIT_CODE)."""
+
+
+class LossMonitor:
+    """Flags a non-finite loss, or a spike against the recent accepted losses."""
+
+    def __init__(self, settings: RecoverySettings):
+        self.sigma = settings.spike_sigma
+        self.recent: deque[float] = deque(maxlen=max(2, settings.spike_window))
+
+    def fault(self, value: float) -> tuple[str, str] | None:
+        """(kind, detail) when `value` must not be applied; else None (and it is recorded)."""
+        if not math.isfinite(value):
+            return "nan", f"loss is {value}"
+        if self.sigma > 0 and len(self.recent) == self.recent.maxlen:
+            mean = statistics.fmean(self.recent)
+            std = statistics.pstdev(self.recent)
+            if value > mean + self.sigma * max(std, 1e-12):
+                return "spike", (f"loss {value:.4g} > mean {mean:.4g} + {self.sigma:g} × std "
+                                 f"{std:.4g} of the last {len(self.recent)} steps")
+        self.recent.append(value)
+        return None
+
+
+class StepTimer:
+    """Flags slow steps against the median of the recent ones."""
+
+    def __init__(self, settings: RecoverySettings):
+        self.factor, self.patience = settings.slow_factor, settings.slow_patience
+        self.recent: deque[float] = deque(maxlen=max(2, settings.slow_window))
+        self.in_a_row = 0
+
+    def slow(self, seconds: float) -> str | None:
+        """A detail string when this step was slow (RestartRequired after `patience`)."""
+        detail = None
+        if self.factor > 0 and len(self.recent) == self.recent.maxlen:
+            median = statistics.median(self.recent)
+            if seconds > self.factor * median:
+                detail = f"step took {seconds:.3g} s, {seconds / median:.1f}× the median"
+        self.in_a_row = self.in_a_row + 1 if detail else 0
+        if detail is None:
+            self.recent.append(seconds)
+        return detail
+
+
+class Watchdog:
+    """A daemon thread that ends the process when no `beat()` came for `seconds`."""
+
+    def __init__(self, seconds: float, on_event: Callable[[dict], None] | None,
+                 exit_process: Callable[[int], None] = os._exit):
+        self.seconds, self.on_event, self.exit_process = seconds, on_event, exit_process
+        self.last, self.step = time.monotonic(), None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="osora-watchdog", daemon=True)
+        self._thread.start()
+
+    def beat(self, step: int) -> None:
+        self.last, self.step = time.monotonic(), step
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.seconds / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.seconds:
+                event = {"kind": "hang", "step": self.step,
+                         "detail": f"no step for {idle:.1f} s (limit {self.seconds:g} s)"}
+                if self.on_event is not None:
+                    self.on_event(event)
+                print(f"osora watchdog: {event['detail']} after step {self.step}; stacks:",
+                      file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                self.exit_process(HANG_EXIT_CODE)
+                return
