@@ -49,6 +49,7 @@ def main() -> None:
     )
     from osora.train.loop import train
     from osora.train.parallel import close_distributed, init_distributed
+    from osora.train.prefetch import Prefetcher
     from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
     from osora.weights.mmdit import save_mmdit
 
@@ -75,7 +76,8 @@ def main() -> None:
             bucket_rules(settings.buckets, args.stage), world=dist.world_size, rank=dist.rank,
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
-            image_dropout=cond.image_dropout, device=device)
+            image_dropout=cond.image_dropout)
+        prefetch = Prefetcher(batches, pin=device.startswith("cuda"))
         model = initial_model(params, args.stage, args.models).to(device)
         objective = build_objective(params, model, args.stage, dist.world_size)
         curve: list[dict[str, float]] = []
@@ -89,12 +91,15 @@ def main() -> None:
                                  params.model, params.train, stage, settings.buckets,
                                  ref.uri, ref.version, dist.world_size, text_encoder.identity)
         try:
-            result = train(objective, batches, loop_settings(params, args.stage, device),
+            result = train(objective, lambda step: prefetch(step).to(device),
+                           loop_settings(params, args.stage, device),
                            checkpoint_dir=checkpoints, log=log, rank=dist.rank,
                            on_event=run.log_event)
         except RestartRequired as err:  # torchrun --max-restarts restarts it; it resumes
             print(f"dit_train: {err}", file=sys.stderr)
             sys.exit(HANG_EXIT_CODE)
+        finally:
+            prefetch.close()
 
         weights = full_state_dict(objective.model)  # collective: every rank calls
         if dist.rank == 0:

@@ -174,6 +174,8 @@ class DiTTrainParams(Params):
     async_checkpoint: bool = Field(description="write checkpoints in the background while "
                                    "training goes on (complete or absent, never half)")
     recovery: RecoveryParams
+    gc_every: int = Field(ge=0, description="Python's GC off in the loop, collected every N "
+                          "steps (0: left on)")
     stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
 
     @model_validator(mode="after")

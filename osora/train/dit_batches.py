@@ -11,8 +11,8 @@ trains on the same bucket. Then, per sample:
   approximation for a non-causal one, whose first latent frame also saw frames 1–3.)
 - the condition is dropped with `conditioning.image_dropout`, the text with `text_dropout`
   (T5 and CLIP independently, to the empty prompt's embedding).
-All draws come from a generator seeded by the loop's per-step seed, so a resumed run repeats
-the batches of the uninterrupted one.
+All draws come from a generator seeded by (seed, rank, step), so a resumed run repeats the
+batches of the uninterrupted one, and a batch can be made ahead of its step.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class LatentBatches:
                  rules: Mapping[int, BucketRule], *, world: int, rank: int, seed: int,
                  condition_weights: Mapping[str, float] | None = None,
                  v2v_frames: int | None = None, text_dropout: float = 0.0,
-                 image_dropout: float = 0.0, device: str | torch.device = "cpu"):
+                 image_dropout: float = 0.0):
         from osora.data.latents import read_latent
 
         if not rows:
@@ -62,7 +62,6 @@ class LatentBatches:
         self.condition_weights = dict(condition_weights) if condition_weights else None
         self.v2v_frames = v2v_frames
         self.text_dropout, self.image_dropout = text_dropout, image_dropout
-        self.device = torch.device(device)
         self._epochs: list[list[list[BucketBatch]]] = []
 
     def step_batch(self, step: int) -> BucketBatch:
@@ -83,8 +82,9 @@ class LatentBatches:
 
     def __call__(self, step: int) -> LatentBatch:
         items = list(self.step_batch(step).items)
-        # the loop seeded the global RNG for (seed, rank, step); a CPU generator from it
-        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        # its own generator from (seed, rank, step), not the global RNG: a batch may be made
+        # ahead of its step, in a prefetch thread (osora.train.prefetch)
+        generator = torch.Generator().manual_seed(hash((self.seed, self.rank, step)) % 2**63)
         latent = torch.stack([self.latents[i] for i in items])  # (B, C, T, H, W)
         text, pooled, mask = drop_text(
             self.text[items], self.pooled[items], null_text=self.null.seq.float(),
@@ -99,6 +99,4 @@ class LatentBatches:
                                       v2v_frames=self.v2v_frames), t,
                 v2v_frames=self.v2v_frames) for _ in items])  # (B, T)
             cond = drop_condition(build_cond(latent, masks), self.image_dropout, generator)
-        d = self.device
-        return LatentBatch(latent.to(d), text.to(d), pooled.to(d), mask.to(d),
-                           None if cond is None else cond.to(d))
+        return LatentBatch(latent, text, pooled, mask, cond)  # on the CPU: `.to(device)`

@@ -83,4 +83,5 @@ def loop_settings(params, stage: str, device: str) -> LoopSettings:
                         checkpoint_every=t.checkpoint_every, precision=t.precision,
                         device=device, seed=t.seed, warmup_steps=s.warmup_steps,
                         lr_drops=drops, async_checkpoint=t.async_checkpoint,
-                        recovery=RecoverySettings(**t.recovery.model_dump()))
+                        recovery=RecoverySettings(**t.recovery.model_dump()),
+                        gc_every=t.gc_every)

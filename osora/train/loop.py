@@ -14,6 +14,7 @@ and random draws the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +80,9 @@ class LoopSettings:
     lr_drops: tuple[tuple[int, float], ...] = ()
     async_checkpoint: bool = False  # write checkpoints in the background (checkpoint.AsyncSaver)
     recovery: RecoverySettings = RecoverySettings()  # NaN/spike/slow/hang handling (recovery.py)
+    # Python's cyclic GC off during the run, collected every this many steps (0: left alone):
+    # a collection of the whole heap mid-step stalls every rank's collectives
+    gc_every: int = 0
 
 
 @dataclass
@@ -151,6 +155,8 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, float] = {}
     step = start
+    if settings.gc_every:
+        gc.disable()
     try:
         while step < settings.steps:
             if watchdog is not None:
@@ -200,11 +206,15 @@ def train(
             ):
                 save(done)
             step = done
+            if settings.gc_every and done % settings.gc_every == 0:
+                gc.collect(1)  # the young generations: cheap, and where cycles are born
         if saver is not None:
             saver.wait()  # the last checkpoint is complete before the run reports done
     finally:
         if watchdog is not None:
             watchdog.close()
+        if settings.gc_every:
+            gc.enable()
     return LoopResult(
         steps_run=settings.steps - start,
         resumed_from=resumed,

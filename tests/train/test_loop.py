@@ -100,3 +100,18 @@ def test_piecewise_drops_as_open_sora_5e5_then_3e5():
     s = settings(10, warmup_steps=2, lr_drops=((6, 0.6), (3, 0.8)))
     assert [lr_factor(step, s) for step in range(8)] == pytest.approx(
         [0.5, 1.0, 1.0, 0.8, 0.8, 0.8, 0.6, 0.6])
+
+
+def test_gc_is_off_during_the_loop_and_back_on_after(tmp_path):
+    import gc
+
+    seen = []
+
+    class Watching(Regression):
+        def updates(self, batch, step):
+            seen.append(gc.isenabled())
+            yield from super().updates(batch, step)
+
+    train(Watching(), Regression.batch,
+          LoopSettings(steps=4, grad_clip=1.0, log_every=2, checkpoint_every=10, gc_every=2))
+    assert seen == [False] * 4 and gc.isenabled()
