@@ -25,17 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from osora.models.mmdit import MMDIT_11B, MMDiT, MMDiTConfig  # noqa: E402
-
-# Dense bf16 peak TFLOP/s by device-name fragment (H100/H200 SXM: 989).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+from osora.models.mmdit import MMDIT_11B, MMDiT, MMDiTConfig, train_step_flops  # noqa: E402
+from osora.train.throughput import peak_tflops  # noqa: E402
 
 
 def timer(device: torch.device):
@@ -86,11 +77,7 @@ def bench_train(args, device: torch.device, dtype: torch.dtype) -> dict:
     median = statistics.median(times)
     video_tokens = args.latent[0] * (args.latent[1] // 2) * (args.latent[2] // 2)
     tokens = args.batch * (video_tokens + args.text_len)
-    block_params = sum(p.numel() for n, p in model.named_parameters()
-                       if n.startswith(("double_blocks", "single_blocks")))
-    layers = config.depth_double + config.depth_single
-    seq = video_tokens + args.text_len
-    flops = 6 * block_params * tokens + 12 * layers * args.batch * seq * seq * config.hidden_size
+    flops = train_step_flops(config, args.batch, video_tokens, args.text_len)
     peak = peak_tflops(device)
     return {
         "mode": "train", "device": str(device), "dtype": str(dtype), "batch": args.batch,

@@ -14,7 +14,8 @@ LIGHT = ("osora.models.dcae", "osora.models.hunyuan_vae", "osora.models.discrimi
          "osora.diffusion.conditioning", "osora.diffusion.guidance", "osora.diffusion.sampler",
          "osora.models.text", "osora.train.flow_objective", "osora.kernels",
          "osora.sample.generate", "osora.sample.first_frame", "osora.sample.conditions",
-         "osora.weights.mmdit", "osora.train.bucket_batches")
+         "osora.weights.mmdit", "osora.train.bucket_batches", "osora.train.throughput",
+         "osora.train.recovery", "osora.train.prefetch")
 HEAVY = ("lance", "pyarrow", "mlflow", "dvc", "av", "transformers", "cv2", "pydantic", "yaml",
          "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna", "torchvision", "triton",
          "safetensors", "sentence_transformers")

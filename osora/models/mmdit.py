@@ -37,6 +37,7 @@ columns (weights) and img_in's bias (bias sum).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -497,6 +498,29 @@ class MMDiT(nn.Module):
             seq = block(seq, vec, freqs, mask)
         out = self.final_layer(seq[:, n_txt:], vec)  # (B, N, C·p²)
         return unpatchify(out, frames, gh, gw, p).to(x.dtype)  # (B, C, T, H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# Work of a training step
+
+
+@functools.lru_cache(maxsize=8)
+def block_parameters(config: MMDiTConfig) -> int:
+    """Parameters in the double and single blocks (the matmuls that scale with tokens)."""
+    with torch.device("meta"):
+        model = MMDiT(config)
+    return sum(p.numel() for n, p in model.named_parameters()
+               if n.startswith(("double_blocks", "single_blocks")))
+
+
+def train_step_flops(config: MMDiTConfig, batch: int, video_tokens: int, text_tokens: int
+                     ) -> float:
+    """FLOPs of one forward + backward: 6 per block parameter per token, plus attention's
+    12·layers·B·seq²·hidden (QKᵀ and AV, ×3 for the backward), as torchtitan counts."""
+    seq = video_tokens + text_tokens
+    layers = config.depth_double + config.depth_single
+    return (6.0 * block_parameters(config) * batch * seq
+            + 12.0 * layers * batch * seq * seq * config.hidden_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch import nn
 
 from osora.diffusion.conditioning import generated_frames
 from osora.diffusion.flow import flow_inputs, flow_loss
+from osora.models.mmdit import train_step_flops
 from osora.train.checkpoint import ModelOptimState
 from osora.train.ema import EMA
 from osora.train.loop import Update
@@ -59,6 +60,14 @@ class FlowObjective:
             return value, {"shift": x.shift, "t_mean": float(x.t.mean())}
 
         yield Update("dit", self.optimizer, self.params, loss, ema=self.ema)
+
+    def work(self, batch: LatentBatch) -> tuple[int, float]:
+        """(tokens, FLOPs) of one step on `batch`, for throughput and MFU."""
+        cfg = self.model.config
+        b, _, t, h, w = batch.latent.shape
+        video = t * (h // cfg.patch_size) * (w // cfg.patch_size)
+        return b * (video + batch.text.shape[1]), train_step_flops(cfg, b, video,
+                                                                   batch.text.shape[1])
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"dit": ModelOptimState(self.model, {"dit": self.optimizer})}

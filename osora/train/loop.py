@@ -28,7 +28,7 @@ from torch import nn
 
 from osora.train import checkpoint
 from osora.train.ema import EMA
-from osora.train.parallel import mean_over_ranks
+from osora.train.parallel import max_over_ranks, mean_over_ranks
 from osora.train.recovery import (
     Fault,
     LossMonitor,
@@ -37,6 +37,7 @@ from osora.train.recovery import (
     StepTimer,
     Watchdog,
 )
+from osora.train.throughput import memory_metrics, peak_tflops, window_metrics
 
 LossFn = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 
@@ -194,9 +195,8 @@ def train(
 
             done, window_steps = step + 1, window_steps + 1
             if done % settings.log_every == 0 or done == settings.steps:
-                means = {k: sum(v) / len(v) for k, v in window.items()}
-                means["step_time_s"] = (time.perf_counter() - window_start) / window_steps
-                last = mean_over_ranks(means)
+                last = _window_metrics(window, time.perf_counter() - window_start,
+                                       window_steps, settings.device)
                 if log is not None and rank == 0:
                     log(last, done)
                 window, window_start, window_steps = {}, time.perf_counter(), 0
@@ -226,15 +226,19 @@ def train(
 def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopSettings,
           step: int, rank: int, autocast, monitors: dict[str, LossMonitor]
           ) -> dict[str, float]:
-    """One step's updates; their metrics. Raises Fault when an update's loss is NaN or a spike
-    on any rank, before that update is applied (an earlier update of the step may have been:
-    recovery restores a checkpoint, so that does not matter)."""
+    """One step's updates; their metrics, plus the batch's making time and work as _data_s,
+    _tokens, _flops (when the objective reports it: `work(batch)`). Raises Fault when an
+    update's loss is NaN or a spike on any rank, before that update is applied (an earlier
+    update of the step may have been: recovery restores a checkpoint, so that is harmless)."""
     # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
     # so a resumed run repeats the uninterrupted one without saving generator states.
     torch.manual_seed(hash((settings.seed, rank, step)) % 2**63)
+    data_start = time.perf_counter()
     batch = batch_for(step)
+    tokens, flops = objective.work(batch) if hasattr(objective, "work") else (0, 0.0)
+    out: dict[str, float] = {"_data_s": time.perf_counter() - data_start, "_tokens": tokens,
+                             "_flops": flops}
     factor = lr_factor(step, settings)
-    out: dict[str, float] = {}
     for update in objective.updates(batch, step):
         for group in update.optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
@@ -253,6 +257,27 @@ def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopS
             update.ema.update()
         out.update({f"{update.name}/loss": value, f"{update.name}/grad_norm": _full(norm),
                     **metrics})
+    return out
+
+
+def _window_metrics(window: dict[str, list[float]], seconds: float, steps: int,
+                    device: str) -> dict[str, float]:
+    """A logging window's metrics, averaged over ranks: the updates' own ("dit/loss", …,
+    step_time_s) and torchtitan's names (osora.train.throughput) for the same numbers."""
+    work = {k: sum(window.pop(k, [])) for k in ("_data_s", "_tokens", "_flops")}
+    means = {k: sum(v) / len(v) for k, v in window.items()}
+    means["step_time_s"] = seconds / max(1, steps)
+    means.update(window_metrics(seconds=seconds, steps=steps, data_seconds=work["_data_s"],
+                                tokens=int(work["_tokens"]), flops=work["_flops"],
+                                peak=peak_tflops(device)))
+    means.update(memory_metrics(device))
+    losses = [k for k in means if k.endswith("/loss")]
+    if losses:  # the first update's loss is the run's loss (the AE's, not its critic's)
+        means["loss_metrics/global_avg_loss"] = means[losses[0]]
+        means["grad_norm"] = means[losses[0].replace("/loss", "/grad_norm")]
+    out = mean_over_ranks(means)
+    if losses:
+        out["loss_metrics/global_max_loss"] = max_over_ranks(means[losses[0]])
     return out
 
 

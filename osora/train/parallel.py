@@ -156,6 +156,22 @@ def _force_sum_on_gloo(model: nn.Module) -> None:
         unit.set_force_sum_reduction_for_comms(True)
 
 
+def max_over_ranks(value: float) -> float:
+    """The largest `value` over all ranks (identity when not distributed)."""
+    if not _is_distributed():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_metrics_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _metrics_device() -> torch.device:
+    """Where a metrics collective runs: the GPU for nccl, else the CPU."""
+    if "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """The mean of each metric over all ranks, for logging (identity when not distributed).
 
@@ -164,13 +180,9 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """
     if not _is_distributed() or not values:
         return dict(values)
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if "nccl" in str(dist.get_backend())
-        else torch.device("cpu")
-    )
     keys = list(values)
-    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                          device=_metrics_device())
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)  # (K,)
     means = (summed / dist.get_world_size()).tolist()
     return dict(zip(keys, means))
