@@ -11,6 +11,7 @@ stage fails, because the time was spent all the same.
 """
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -65,6 +66,14 @@ def section(settings: Settings, dotted: str) -> BaseModel:
     return node
 
 
+def mlflow_metric_name(name: str) -> str:
+    """MLflow allows only alphanumerics and _ - . / space : in metric names; torchtitan's names
+    carry units in parentheses: "mfu(%)" → "mfu_pct", "throughput(tps)" → "throughput_tps",
+    "memory/max_reserved(GiB)" → "memory/max_reserved_GiB"."""
+    name = name.replace("(%)", "_pct")
+    return re.sub(r"\(([^)]*)\)", r"_\1", name).replace("%", "pct")
+
+
 class StageRun:
     """The handle a stage logs through while its MLflow run is open."""
 
@@ -77,7 +86,8 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()},
+                           step=step)
 
     def log_event(self, event: dict) -> None:
         """A training event (osora.train.recovery: nan, spike, restored, slow, hang): the metric

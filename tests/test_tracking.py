@@ -145,3 +145,21 @@ def test_training_events_become_metrics_and_an_events_artifact(project):
     assert [(m.step, m.value) for m in history] == [(7, 1.0)]
     path = client.download_artifacts(logged.info.run_id, "events.json", str(project))
     assert json.loads(Path(path).read_text()) == {"events": events}
+
+
+def test_torchtitan_metric_names_are_made_valid_for_mlflow():
+    from osora.tracking import mlflow_metric_name
+
+    assert mlflow_metric_name("mfu(%)") == "mfu_pct"
+    assert mlflow_metric_name("throughput(tps)") == "throughput_tps"
+    assert mlflow_metric_name("memory/max_reserved(GiB)") == "memory/max_reserved_GiB"
+    assert mlflow_metric_name("time_metrics/data_loading(%)") == "time_metrics/data_loading_pct"
+    assert mlflow_metric_name("dit/loss") == "dit/loss"
+
+
+def test_logging_torchtitan_names_reaches_mlflow(project):
+    settings = load_settings()
+    with stage_run("dit_stage1", settings, "dit.train") as run:
+        run.log_metrics({"mfu(%)": 40.0, "throughput(tps)": 1e4}, step=3)
+    _, logged = only_run(settings)
+    assert logged.data.metrics["mfu_pct"] == 40.0 and logged.data.metrics["throughput_tps"] == 1e4
