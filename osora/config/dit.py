@@ -118,6 +118,14 @@ class SampleParams(Params):
     first_frame: FirstFrameParams
 
 
+class CheckpointingParams(Params):
+    """Selective activation checkpointing (osora.train.activation_checkpoint)."""
+
+    double: int = Field(ge=-1, description="first N double blocks checkpointed; −1: all")
+    single: int = Field(ge=-1, description="first N single blocks checkpointed; −1: all")
+    offload: bool = Field(description="keep what the backward needs in CPU memory")
+
+
 class DiTStageParams(Params):
     """One training stage (RECIPE §6): its data, where it starts and how long it runs."""
 
@@ -133,6 +141,7 @@ class DiTStageParams(Params):
     warmup_steps: int = Field(ge=0, description="linear warm-up steps")
     conditioned: bool = Field(description="false: T2V only (stage 1); true: the condition "
                               "kinds of dit.conditioning.weights (T/I2V stages 2–3)")
+    checkpointing: CheckpointingParams
 
     @model_validator(mode="after")
     def _drop_inside(self) -> "DiTStageParams":

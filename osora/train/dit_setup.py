@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from osora.models.mmdit import DoubleStreamBlock, MMDiT, SingleStreamBlock
+from osora.train.activation_checkpoint import apply_checkpointing
 from osora.train.bucket_batches import BucketRule
 from osora.train.ema import EMA
 from osora.train.flow_objective import FlowObjective
@@ -67,6 +68,8 @@ def build_objective(params, model: MMDiT, stage: str, world_size: int) -> FlowOb
     from osora.train.parallel import shard_model
 
     t = params.train
+    ckpt = t.stages[stage].checkpointing
+    apply_checkpointing(model, ckpt.double, ckpt.single, ckpt.offload)
     if world_size > 1:
         model = shard_model(model, MMDIT_SHARD_UNITS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.stages[stage].lr, betas=t.betas,
