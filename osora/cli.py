@@ -5,6 +5,7 @@
     osora results                          where the pipeline's results are
     osora sample --prompt … --checkpoint … [--image …|--video …] [--motion-score N]
     osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
+    osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   RECIPE Table 3 from runs / ahead
 """
 
 import argparse
@@ -93,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="print where the pipeline's results are")
     results.set_defaults(func=_results)
 
+    from osora.commands.cost import add_parser as add_cost
     from osora.commands.sample import add_parser as add_sample
     from osora.commands.weights import add_parser as add_weights
 
     add_sample(sub)
     add_weights(sub)
+    add_cost(sub)
     return parser
 
 

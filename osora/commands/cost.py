@@ -1,0 +1,50 @@
+"""`osora cost`: RECIPE Table 3's layout from the logged DiT stage runs, or (`--forecast FILE`)
+forecast from measured per-bucket throughput before a recipe is launched."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cost", help="GPU-days and USD per training stage (RECIPE Table 3)",
+                       description=__doc__)
+    p.add_argument("--profile", default="tiny", help="params profile (stages, batch sizes)")
+    p.add_argument("--forecast", type=Path, help="a throughput table (see "
+                   "bench/throughput_table5.yaml): forecast instead of report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from osora.config import load_settings
+    from osora.cost import gpu_price
+    from osora.cost_table import forecast_stage, format_table, logged_costs
+
+    settings = load_settings(args.profile)
+    stages = list(settings.dit.train.stages)
+    if args.forecast is None:
+        from mlflow import MlflowClient
+        from osora.tracking import tracking_uri
+
+        rows = logged_costs(MlflowClient(tracking_uri(settings)),
+                            settings.tracking.experiment, stages)
+        if not rows:
+            print("no finished DiT stage runs logged yet: run the pipeline (`dvc repro`)")
+            return 0
+    else:
+        table = yaml.safe_load(args.forecast.read_text())
+        price = gpu_price(table["gpu"], settings.cost)
+        rows = []
+        for stage in stages:
+            if stage not in table["stages"]:
+                raise ValueError(f"{args.forecast}: no entry for stage {stage}")
+            t = table["stages"][stage]
+            batch = {f: r.batch_size for f, r in settings.buckets.stages[stage].items()}
+            rows.append(forecast_stage(stage, settings.dit.train.stages[stage].steps, t["gpus"],
+                                       batch, t["throughput"], t["share"], price,
+                                       cp=t.get("cp", 1), data=t.get("data")))
+    print(format_table(rows))
+    return 0
