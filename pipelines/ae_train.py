@@ -35,7 +35,7 @@ def main() -> None:
     from osora.train.ae_setup import build_objective, decode_clips, fsdp
     from osora.train.checkpoint import run_folder
     from osora.train.clip_windows import ClipWindows
-    from osora.train.curve import write_curve
+    from osora.train.curve import CurveLog
     from osora.train.loop import LoopSettings, train
     from osora.train.parallel import close_distributed, init_distributed
     from osora.weights.autoencoder import save_dcae
@@ -57,11 +57,7 @@ def main() -> None:
         windows = ClipWindows(videos, params.train.frames, params.train.crop,
                               params.train.batch_size, params.train.seed, dist.rank)
         t = params.train
-        curve: list[dict[str, float]] = []
-
-        def log(metrics: dict[str, float], step: int) -> None:
-            run.log_metrics(metrics, step=step)
-            curve.append({"step": step, **metrics})
+        curve = CurveLog(run)
 
         ref = read_receipt(args.pyramid)[table]
         checkpoints = run_folder(workspace_root() / "checkpoints" / STAGE, params.dcae,
@@ -74,25 +70,19 @@ def main() -> None:
                          precision=t.precision, device=device, seed=t.seed,
                          warmup_steps=t.warmup_steps, schedule=t.lr_schedule),
             checkpoint_dir=checkpoints,
-            log=log,
+            log=curve,
             rank=dist.rank,
         )
 
         weights = objective.exported_weights()  # collective: every rank calls
         if dist.rank == 0:
             save_dcae(weights, args.out / WEIGHTS_FILE, ae.config)
-            metrics = {
-                "steps": result.steps_run + (result.resumed_from or 0),
-                "resumed_from": result.resumed_from or 0,
-                "train_clips": len(train_rows) - windows.skipped,
-                "held_out_clips": len(held_out),
-                "train_seconds": round(result.seconds, 2),
-                "parameters": sum(p.numel() for p in ae.parameters()),
-                **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()},
-            }
+            metrics = {**result.summary(), "train_clips": len(train_rows) - windows.skipped,
+                       "held_out_clips": len(held_out),
+                       "parameters": sum(p.numel() for p in ae.parameters())}
             run.log_metrics(metrics)
             atomic_write_json(args.metrics, metrics)
-            write_curve(args.curve, curve)
+            curve.write(args.curve)
     close_distributed()
 
 

@@ -37,7 +37,7 @@ def main() -> None:
 
     from osora.models.text import EmbeddingCache, build_text_encoder
     from osora.train.checkpoint import full_state_dict, run_folder
-    from osora.train.curve import write_curve
+    from osora.train.curve import CurveLog
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import (
         bucket_rules,
@@ -80,12 +80,7 @@ def main() -> None:
         prefetch = Prefetcher(batches, pin=device.startswith("cuda"))
         model = initial_model(params, args.stage, args.models).to(device)
         objective = build_objective(params, model, args.stage, dist.world_size)
-        curve: list[dict[str, float]] = []
-
-        def log(metrics: dict[str, float], step: int) -> None:
-            run.log_metrics(metrics, step=step)
-            curve.append({"step": step, **metrics})
-
+        curve = CurveLog(run)
         ref = read_receipt(args.latents)[table]
         checkpoints = run_folder(workspace_root() / "checkpoints" / f"dit_{args.stage}",
                                  params.model, params.train, stage, settings.buckets,
@@ -93,7 +88,7 @@ def main() -> None:
         try:
             result = train(objective, lambda step: prefetch(step).to(device),
                            loop_settings(params, args.stage, device),
-                           checkpoint_dir=checkpoints, log=log, rank=dist.rank,
+                           checkpoint_dir=checkpoints, log=curve, rank=dist.rank,
                            on_event=run.log_event)
         except RestartRequired as err:  # torchrun --max-restarts restarts it; it resumes
             print(f"dit_train: {err}", file=sys.stderr)
@@ -106,17 +101,11 @@ def main() -> None:
             export = exported_model(params, weights)
             save_mmdit(export, stage_weights(args.models, args.stage),
                        text_encoder=text_encoder.identity)
-            metrics = {
-                "steps": result.steps_run + (result.resumed_from or 0),
-                "resumed_from": result.resumed_from or 0,
-                "train_clips": len(rows),
-                "train_seconds": round(result.seconds, 2),
-                "parameters": sum(p.numel() for p in export.parameters()),
-                **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()},
-            }
+            metrics = {**result.summary(), "train_clips": len(rows),
+                       "parameters": sum(p.numel() for p in export.parameters())}
             run.log_metrics(metrics)
             atomic_write_json(args.metrics, metrics)
-            write_curve(args.curve, curve)
+            curve.write(args.curve)
     close_distributed()
 
 

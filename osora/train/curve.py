@@ -14,3 +14,18 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(f, fieldnames=["step", *keys])
         writer.writeheader()
         writer.writerows(rows)
+
+
+class CurveLog:
+    """The loop's `log` callback for a stage: every logged window goes to MLflow (through the
+    stage run) and into the curve, which `write` saves."""
+
+    def __init__(self, run):
+        self.run, self.rows = run, []
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log_metrics(metrics, step=step)
+        self.rows.append({"step": step, **metrics})
+
+    def write(self, path: Path) -> None:
+        write_curve(path, self.rows)

@@ -93,6 +93,16 @@ class LoopResult:
     seconds: float
     last: dict[str, float] = field(default_factory=dict)  # the last logged metrics
 
+    def summary(self) -> dict[str, float]:
+        """What a stage reports (DVC metrics, MLflow): steps done in all, where it resumed,
+        seconds in this process, and the last logged window ("/" → "_" for flat keys)."""
+        return {
+            "steps": self.steps_run + (self.resumed_from or 0),
+            "resumed_from": self.resumed_from or 0,
+            "train_seconds": round(self.seconds, 2),
+            **{k.replace("/", "_"): round(v, 6) for k, v in self.last.items()},
+        }
+
 
 class NonFiniteLoss(FloatingPointError):
     pass
