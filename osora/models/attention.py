@@ -1,17 +1,36 @@
 """Joint attention of the MMDiT as a pure function (FLUX `math.attention`): RoPE, then torch's
 scaled_dot_product_attention in (B, heads, N, head_dim) layout, then heads merged.
 
-Kept apart from the model so a parallel wrapper (context parallel / Ulysses in
-osora/train/parallel.py) or a fused kernel can stand in for it without touching the blocks.
+Kept apart from the model so a parallel wrapper or a fused kernel can stand in for it without
+touching the blocks: inside `sequence_parallel(fn)` the attention after RoPE is fn(q, k, v,
+mask) on this rank's token shard, with the whole sequence's key mask
+(osora.train.context_parallel gives Ulysses).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from osora.models.rope import apply_rope
+
+_parallel: Callable | None = None  # set by `sequence_parallel`
+
+
+@contextmanager
+def sequence_parallel(fn: Callable) -> Iterator[None]:
+    """Within: attention(q, k, v, …) on a token shard calls fn(q, k, v, mask=mask) after
+    RoPE."""
+    global _parallel
+    before, _parallel = _parallel, fn
+    try:
+        yield
+    finally:
+        _parallel = before
 
 
 def attention(
@@ -29,6 +48,8 @@ def attention(
     Returns (B, N, H·D).
     """
     q, k = apply_rope(q, k, freqs, layout)  # (B, H, N, D)
+    if _parallel is not None:  # q, k, v: this rank's tokens; mask: the whole sequence's
+        return rearrange(_parallel(q, k, v, mask=mask), "b h n d -> b n (h d)")
     attn_mask = None
     if mask is not None:
         b, _, n, _ = q.shape

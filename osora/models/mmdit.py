@@ -456,10 +456,17 @@ class MMDiT(nn.Module):
         Returns v: (B, C, T, H, W) in x's dtype.
         """
         self._check_inputs(x, t, text, pooled, text_mask, cond, guidance)
+        img, txt, vec, freqs, mask = self.embed(x, t, text, pooled, text_mask, cond, guidance)
+        seq = self.run_blocks(img, txt, vec, freqs, mask)  # (B, L + N, dim)
+        out = self.final_layer(seq[:, txt.shape[1]:], vec)  # (B, N, C·p²)
+        return self.unembed(out, x)
+
+    def embed(self, x, t, text, pooled, text_mask=None, cond=None, guidance=None):
+        """The inputs as the blocks take them: img (B, N, dim), txt (B, L, dim), vec (B, dim),
+        the RoPE freqs of [text; video] (L + N, D/2, 2) and the key mask (B, L + N) or None."""
         cfg = self.config
         p = cfg.patch_size
         b, _, frames, h, w = x.shape
-        gh, gw = h // p, w // p  # token grid
         dtype = self.img_in.weight.dtype
 
         tokens = patchify(x, p).to(dtype)  # (B, N, C·p²)
@@ -476,11 +483,10 @@ class MMDiT(nn.Module):
         vec = vec + self.vector_in(pooled.to(dtype))
         txt = self.txt_in(text.to(dtype))  # (B, L, dim)
 
-        n_txt = txt.shape[1]
         positions = torch.cat(
             [
-                torch.zeros(n_txt, 3, device=x.device),  # text: no rotation
-                grid_positions(frames, gh, gw, device=x.device),  # video: (t, h, w) from 0
+                torch.zeros(txt.shape[1], 3, device=x.device),  # text: no rotation
+                grid_positions(frames, h // p, w // p, device=x.device),  # video: from 0
             ]
         )  # (L + N, 3)
         freqs = rope_freqs(  # (L + N, D/2, 2), float32 (float64 for a float64 model)
@@ -490,14 +496,24 @@ class MMDiT(nn.Module):
         if text_mask is not None:
             video = torch.ones(b, img.shape[1], dtype=torch.bool, device=text_mask.device)
             mask = torch.cat([text_mask, video], dim=1)  # (B, L + N)
+        return img, txt, vec, freqs, mask
 
+    def run_blocks(self, img, txt, vec, freqs, mask=None) -> torch.Tensor:
+        """Double then single blocks: [text; video] tokens (B, L + N, dim). Under context
+        parallelism img and txt are one rank's parts of the sequence (see train/context_parallel)
+        and freqs theirs, while the mask covers the whole sequence."""
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, freqs, mask)
         seq = torch.cat([txt, img], dim=1)  # (B, L + N, dim)
         for block in self.single_blocks:
             seq = block(seq, vec, freqs, mask)
-        out = self.final_layer(seq[:, n_txt:], vec)  # (B, N, C·p²)
-        return unpatchify(out, frames, gh, gw, p).to(x.dtype)  # (B, C, T, H, W)
+        return seq
+
+    def unembed(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The final layer's video tokens (B, N, C·p²) as a latent shaped like x, in x's dtype."""
+        p = self.config.patch_size
+        _, _, frames, h, w = x.shape
+        return unpatchify(out, frames, h // p, w // p, p).to(x.dtype)  # (B, C, T, H, W)
 
 
 # --------------------------------------------------------------------------------------------

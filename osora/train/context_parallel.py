@@ -8,14 +8,27 @@ back. Every other layer of the block works on its own tokens, so activations shr
 Needs H divisible by P. The all-to-alls are torch's autograd-aware collectives, so the
 backward runs the mirror-image exchange. Ring attention (K/V passed around a ring, no head
 constraint) is not built yet.
+
+`context_parallel_forward` runs the MMDiT so: the joint [text; video] sequence is cut into P
+equal contiguous shards (a rank's shard may hold text, video or both; the double blocks run each
+stream on its part), the blocks run inside `attention.sequence_parallel`, and the final layer's
+shards are gathered so every rank holds the whole output. Every rank must then compute the same
+loss from it (the gather's backward hands each rank its own slice of the gradient), and the
+parameter gradients — each rank's covers its tokens — are summed over the group: FSDP2 over a
+mesh that includes the CP ranks does it, `all_reduce_grads` does it alone.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
+from torch import nn
+
+from osora.models.attention import sequence_parallel
 
 
 def _swap(x: torch.Tensor, group, to_heads: bool) -> torch.Tensor:
@@ -49,3 +62,47 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=N
     attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask)
     return _swap(out, group, to_heads=False)  # (B, H, N/P, D)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """All ranks' token shards (B, S, F) → (B, P·S, F); the backward keeps this rank's slice of
+    the (identical on every rank) gradient."""
+
+    @staticmethod
+    def forward(ctx, shard: torch.Tensor, group) -> torch.Tensor:
+        ctx.rank, ctx.size = dist.get_rank(group), shard.shape[1]
+        parts = [torch.empty_like(shard) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, shard.contiguous(), group=group)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad[:, ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size], None
+
+
+def context_parallel_forward(model: nn.Module, group, x, t, text, pooled, text_mask=None,
+                             cond=None, guidance=None) -> torch.Tensor:
+    """`model(x, t, text, pooled, …)` with the sequence split over `group` (module doc).
+    Every rank passes the whole inputs and gets the whole output (B, C, T, H, W)."""
+    p, rank = dist.get_world_size(group), dist.get_rank(group)
+    img, txt, vec, freqs, mask = model.embed(x, t, text, pooled, text_mask, cond, guidance)
+    n_txt, total = txt.shape[1], txt.shape[1] + img.shape[1]
+    if total % p:
+        raise ValueError(f"context parallel over {p} ranks needs text + video tokens divisible "
+                         f"by {p}; got {n_txt} + {img.shape[1]}: pad the text (max_length) or "
+                         "pick another bucket")
+    lo, hi = rank * total // p, (rank + 1) * total // p
+    txt_part = txt[:, lo:min(hi, n_txt)]
+    img_part = img[:, max(lo - n_txt, 0):max(hi - n_txt, 0)]
+    with sequence_parallel(partial(ulysses_attention, group=group)):
+        seq = model.run_blocks(img_part, txt_part, vec, freqs[lo:hi], mask)  # (B, S, dim)
+    out = _GatherTokens.apply(model.final_layer(seq, vec), group)  # (B, L + N, C·p²)
+    return model.unembed(out[:, n_txt:], x)
+
+
+def all_reduce_grads(model: nn.Module, group) -> None:
+    """Sum every parameter's gradient over the context-parallel group (each rank's covers
+    only its tokens)."""
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, group=group)

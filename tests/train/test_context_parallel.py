@@ -54,3 +54,54 @@ def _worker(rank: int, world: int, port: int, masked: bool) -> None:
 @pytest.mark.parametrize("world,masked", [(2, False), (2, True), (4, True)])
 def test_ulysses_equals_whole_sequence_attention(world, masked):
     mp.spawn(_worker, args=(world, free_port(), masked), nprocs=world, join=True)
+
+
+def _model_worker(rank: int, world: int, port: int) -> None:
+    import dataclasses
+
+    from osora.diffusion.conditioning import build_cond, condition_mask
+    from osora.models.mmdit import MMDIT_TINY, MMDiT
+    from osora.train.context_parallel import all_reduce_grads, context_parallel_forward
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_distributed("gloo")
+    try:
+        torch.manual_seed(0)
+        model = MMDiT(dataclasses.replace(MMDIT_TINY, depth_double=2)).double()
+        with torch.no_grad():
+            for prm in model.parameters():
+                prm.normal_(0, 0.05)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2, 16, 2, 4, 4, generator=g, dtype=torch.float64)  # 32 video tokens
+        cond = build_cond(torch.randn(x.shape, generator=g, dtype=torch.float64),
+                          condition_mask("i2v_head", 2))
+        n_txt = 6 if world == 2 else 8  # 38 tokens over 2 ranks, 40 over 4
+        text = torch.randn(2, n_txt, MMDIT_TINY.text_dim, generator=g, dtype=torch.float64)
+        inputs = (x, torch.rand(2, generator=g, dtype=torch.float64), text,
+                  torch.randn(2, MMDIT_TINY.vec_dim, generator=g, dtype=torch.float64))
+        text_mask = torch.tensor([[True] * n_txt, [True] * 3 + [False] * (n_txt - 3)])
+        weight = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+        ref = model(*inputs, text_mask=text_mask, cond=cond)  # one process, whole sequence
+        (ref * weight).sum().backward()
+        want = {n: prm.grad.clone() for n, prm in model.named_parameters()}
+        model.zero_grad()
+
+        out = context_parallel_forward(model, None, *inputs, text_mask=text_mask, cond=cond)
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12)
+        (out * weight).sum().backward()
+        all_reduce_grads(model, None)
+        for name, prm in model.named_parameters():
+            torch.testing.assert_close(prm.grad, want[name], rtol=1e-9, atol=1e-12,
+                                       msg=lambda m, name=name: f"grad {name}: {m}")
+    finally:
+        close_distributed()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_mmdit_under_context_parallel_equals_one_process(world):
+    """2 ranks: 6 text + 32 video tokens, shards [6 text + 13 video | 19 video]; 4 ranks: 8 + 32,
+    [8 text + 2 video | 10 video | …]: a shard may hold both streams or one (float64)."""
+    mp.spawn(_model_worker, args=(world, free_port()), nprocs=world, join=True)
