@@ -11,7 +11,6 @@ from pathlib import Path
 
 from osora.config import load_settings
 from osora.data.split import split_rows
-from osora.fileio import atomic_write_json
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
 from osora.store import Store
@@ -80,9 +79,7 @@ def main() -> None:
             metrics = {**result.summary(), "train_clips": len(train_rows) - windows.skipped,
                        "held_out_clips": len(held_out),
                        "parameters": sum(p.numel() for p in ae.parameters())}
-            run.log_metrics(metrics)
-            atomic_write_json(args.metrics, metrics)
-            curve.write(args.curve)
+            curve.finish(metrics, args.metrics, args.curve)
     close_distributed()
 
 

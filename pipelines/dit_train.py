@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from osora.config import load_settings
-from osora.fileio import atomic_write_json
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
 from osora.store import Store
@@ -103,9 +102,7 @@ def main() -> None:
                        text_encoder=text_encoder.identity)
             metrics = {**result.summary(), "train_clips": len(rows),
                        "parameters": sum(p.numel() for p in export.parameters())}
-            run.log_metrics(metrics)
-            atomic_write_json(args.metrics, metrics)
-            curve.write(args.curve)
+            curve.finish(metrics, args.metrics, args.curve)
     close_distributed()
 
 

@@ -18,7 +18,7 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
 
 class CurveLog:
     """The loop's `log` callback for a stage: every logged window goes to MLflow (through the
-    stage run) and into the curve, which `write` saves."""
+    stage run) and into the curve, which `finish` saves with the stage's summary."""
 
     def __init__(self, run):
         self.run, self.rows = run, []
@@ -27,5 +27,11 @@ class CurveLog:
         self.run.log_metrics(metrics, step=step)
         self.rows.append({"step": step, **metrics})
 
-    def write(self, path: Path) -> None:
-        write_curve(path, self.rows)
+    def finish(self, metrics: dict[str, float], metrics_path: Path, curve_path: Path) -> None:
+        """The stage's end: its summary metrics to MLflow and the DVC metrics JSON, the curve
+        to its CSV."""
+        from osora.fileio import atomic_write_json
+
+        self.run.log_metrics(metrics)
+        atomic_write_json(metrics_path, metrics)
+        write_curve(curve_path, self.rows)
