@@ -18,7 +18,7 @@ from osora.store import Store
 from osora.tracking import stage_run
 
 STAGE = "dit_sample"
-PARAMS = ("dit.sample", "dit.text")
+PARAMS = ("dit.sample", "dit.text", "dit.train")
 
 
 def main() -> None:

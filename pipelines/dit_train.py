@@ -2,8 +2,9 @@
 table (RECIPE §4–§6), one stage per run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
 and params/buckets.yaml:stages.NAME.
 
-One process on CPU (the tiny default), or sharded with FSDP2 under torchrun, restarted after a
-hang or slowdown (osora.train.recovery):
+One process on CPU (the tiny default), or sharded with FSDP2 under torchrun — with the stage's
+`context_parallel` degree, groups of that many ranks share each sample's sequence — restarted
+after a hang or slowdown (osora.train.recovery):
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc-per-node 8 --max-restarts 3 \
         pipelines/dit_train.py --stage stage1 ...
 Resumes from the newest checkpoint of an identical run; writes the weights as an osora MMDiT
@@ -47,7 +48,7 @@ def main() -> None:
         stage_weights,
     )
     from osora.train.loop import train
-    from osora.train.parallel import close_distributed, init_distributed
+    from osora.train.parallel import close_distributed, context_layout, init_distributed
     from osora.train.prefetch import Prefetcher
     from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
     from osora.weights.mmdit import save_mmdit
@@ -61,6 +62,10 @@ def main() -> None:
     store = Store.from_settings(settings.store)
     dist = init_distributed(None if params.train.device == "cuda" else "gloo")
     device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
+    try:
+        context = context_layout(dist, stage.context_parallel)
+    except ValueError as err:
+        raise SystemExit(f"dit_train: stage {args.stage}: {err}") from None
     with stage_run(f"dit_{args.stage}", settings, PARAMS, device=device) as run:
         table = f"latents_{stage.latents}"
         if table not in read_receipt(args.latents):
@@ -72,13 +77,13 @@ def main() -> None:
         cond = params.conditioning
         batches = LatentBatches(
             rows, text_encoder, EmbeddingCache(params.text.cache),
-            bucket_rules(settings.buckets, args.stage), world=dist.world_size, rank=dist.rank,
+            bucket_rules(settings.buckets, args.stage), world=context.dp, rank=context.dp_rank,
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
             image_dropout=cond.image_dropout)
         prefetch = Prefetcher(batches, pin=device.startswith("cuda"))
         model = initial_model(params, args.stage, args.models).to(device)
-        objective = build_objective(params, model, args.stage, dist.world_size)
+        objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
         ref = read_receipt(args.latents)[table]
         checkpoints = run_folder(workspace_root() / "checkpoints" / f"dit_{args.stage}",
@@ -88,7 +93,7 @@ def main() -> None:
             result = train(objective, lambda step: prefetch(step).to(device),
                            loop_settings(params, args.stage, device),
                            checkpoint_dir=checkpoints, log=curve, rank=dist.rank,
-                           on_event=run.log_event)
+                           data_rank=context.dp_rank, on_event=run.log_event)
         except RestartRequired as err:  # torchrun --max-restarts restarts it; it resumes
             print(f"dit_train: {err}", file=sys.stderr)
             sys.exit(HANG_EXIT_CODE)

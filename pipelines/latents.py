@@ -1,5 +1,6 @@
-"""DVC stage `latents`: a pyramid level's clips encoded once by the AE, at their bucket sizes,
-into the table `latents_<level>` that DiT training reads."""
+"""DVC stage `latents`: each latent set's clips (params/ae.yaml latents.sets: a pyramid level at
+one bucket resolution) encoded once by the AE, at their bucket sizes, into the table
+`latents_<set>` that DiT training reads."""
 
 from pathlib import Path
 
@@ -24,26 +25,37 @@ def main() -> None:
                                       "params/ae.yaml autoencoder.weights is null)"),
     )
     params = settings.ae.latents
-    level = f"pyramid_{params.level}"
-    if level not in read_receipt(args.pyramid):
-        raise SystemExit(f"latents: {args.pyramid} has no table {level}; set params/ae.yaml "
-                         "latents.level to a level of params/data.yaml pyramid.levels")
+    levels = read_receipt(args.pyramid)
+    for name, latent_set in params.sets.items():
+        if f"pyramid_{latent_set.level}" not in levels:
+            raise SystemExit(f"latents: {args.pyramid} has no table pyramid_{latent_set.level}; "
+                             f"set params/ae.yaml latents.sets.{name}.level to a level of "
+                             "params/data.yaml pyramid.levels")
     # Each worker holds its own AE; on a GPU one worker owns the device.
     runner = settings.data.runner
     if params.device == "cuda":
         runner = runner.model_copy(update={"workers": 1})
     with stage_run(STAGE, settings, PARAMS, device=params.device) as run:
-        clips = run.read_input(store, args.pyramid, level)
-        encoder = LatentEncoder(params, settings.ae, args.weights, settings.store)
-        say(run, [f"AE {settings.ae.autoencoder.kind} from {encoder.weights} "
-                  f"(sha256 {encoder.ae_sha256[:12]})"])
-        result = run_operator(encoder, clips, stage=STAGE, store=store, params=runner)
-        rows = result.rows
-        buckets = rows.group_by(["frames", "height", "width"]).aggregate([]).num_rows
-        stored = pc.sum(pc.binary_length(rows.column("latent"))).as_py() or 0
-        publish(run, store, {encoder.output_table: rows}, result, args.receipt, args.metrics,
-                {"clips": clips.num_rows, "buckets": buckets,
-                 "latent_mb": round(stored / 2**20, 3)})
+        tables, results, metrics = {}, {}, {}
+        for name, latent_set in params.sets.items():
+            clips = run.read_input(store, args.pyramid, f"pyramid_{latent_set.level}")
+            encoder = LatentEncoder(params, name, settings.ae, args.weights, settings.store)
+            say(run, [f"set {name}: {clips.num_rows} clips of {latent_set.level} at "
+                      f"{latent_set.resolution} px, AE {settings.ae.autoencoder.kind} from "
+                      f"{encoder.weights} (sha256 {encoder.ae_sha256[:12]})"])
+            result = run_operator(encoder, clips, stage=f"{STAGE}_{name}", store=store,
+                                  params=runner)
+            rows = result.rows
+            stored = pc.sum(pc.binary_length(rows.column("latent"))).as_py() or 0
+            metrics.update({
+                f"{name}.clips": clips.num_rows,
+                f"{name}.buckets": rows.group_by(["frames", "height", "width"])
+                .aggregate([]).num_rows,
+                f"{name}.latent_mb": round(stored / 2**20, 3),
+            })
+            tables[encoder.output_table] = rows
+            results[encoder.output_table] = result
+        publish(run, store, tables, results, args.receipt, args.metrics, metrics)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def runs_per_stage(project: Path) -> Counter:
 
 STAGES = ("synth", "ingest", "preprocess", "shots", "clips", "score@aesthetic", "score@motion",
           "score@blur", "score@ocr", "score@jitter", "captions", "pyramid", "stats",
-          "ae_train", "ae_eval", "latents", "dit_stage1", "dit_stage2", "dit_sample")
+          "ae_train", "ae_eval", "latents", "dit_stage1", "dit_stage2", "dit_stage3", "dit_sample")
 
 
 def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
@@ -150,19 +150,26 @@ def test_the_tiny_dcae_learns_and_its_latents_are_stored(clone):
     assert trained["steps"] == params.train.phase1_steps + params.train.phase2_steps
 
     store = Store(str(clone / "store"))
-    level = store.read(f"pyramid_{params.latents.level}").to_pylist()
-    rows = store.read(f"latents_{params.latents.level}").to_pylist()
-    quarantined = store.read("latents_quarantine").num_rows
-    assert len(rows) + quarantined == len(level) and len(rows) >= len(level) - 2
-    row = rows[0]
-    z = read_latent(row)  # (C, T', H', W')
-    assert z.shape == (16, row["frames"] // 4, row["height"] // 8, row["width"] // 8)
+    sizes = set()
+    for name, latent_set in params.latents.sets.items():  # one table per set
+        level = store.read(f"pyramid_{latent_set.level}").to_pylist()
+        rows = store.read(f"latents_{name}").to_pylist()
+        quarantined = store.read(f"latents_{name}_quarantine").num_rows
+        assert len(rows) + quarantined == len(level) and len(rows) >= len(level) - 2
+        assert {r["frames"] for r in rows} <= set(latent_set.frames)
+        row = rows[0]
+        z = read_latent(row)  # (C, T', H', W')
+        assert z.shape == (16, row["frames"] // 4, row["height"] // 8, row["width"] // 8)
+        # area ≈ resolution² (sides rounded to multiples of 8)
+        assert abs(row["height"] * row["width"] / latent_set.resolution**2 - 1) < 0.15
+        sizes.add((row["height"], row["width"]))
+    assert len(sizes) == len(params.latents.sets)  # the sets differ in resolution
 
 
 def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone):
-    """The DiT stages learn (stage 1's loss falls), stage 2 starts from stage 1 and exports an
-    osora checkpoint of params/dit.yaml's model, and the sample stage renders and scores every
-    eval prompt."""
+    """The DiT stages learn (stage 1's loss falls), stages 2 and 3 start from the stage before
+    and export osora checkpoints of params/dit.yaml's model, and the sample stage renders every
+    eval prompt with stage 3's and scores them."""
     import csv
 
     from osora.config import load_settings
@@ -174,9 +181,11 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     with open(clone / "reports" / "dit_stage1" / "loss.csv") as f:
         losses = [float(r["dit/loss"]) for r in csv.DictReader(f)]
     assert losses[-1] < 0.6 * losses[0], losses
-    stage2 = json.loads((clone / "metrics" / "dit_stage2.json").read_text())
-    assert stage2["steps"] == dit.train.stages["stage2"].steps
-    assert saved_config(clone / "models/dit/stage2/dit.safetensors") == mmdit_config(dit.model)
+    for stage in ("stage2", "stage3"):  # each from the one before, on its own latent set
+        done = json.loads((clone / "metrics" / f"dit_{stage}.json").read_text())
+        assert done["steps"] == dit.train.stages[stage].steps
+        assert saved_config(clone / f"models/dit/{stage}/dit.safetensors") == mmdit_config(
+            dit.model)
 
     rates = json.loads((clone / "metrics" / "dit_sample.json").read_text())
     assert rates["videos"] >= 10 and rates["scored"] >= 8, rates
@@ -188,4 +197,4 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     videos = sorted((clone / "samples" / "dit").glob("*.mp4"))
     assert len(videos) == rates["videos"]
     assert probe(videos[0]).num_frames == dit.sample.frames
-    assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage2/dit.safetensors"
+    assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"

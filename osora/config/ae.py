@@ -156,9 +156,9 @@ class AutoencoderChoice(Params):
         return self
 
 
-class LatentsParams(Params):
-    """The latent precompute (stage `latents`): one pyramid level's clips encoded once, at their
-    bucket sizes (osora.train.buckets), so DiT training need not run the AE."""
+class LatentSetParams(Params):
+    """One set of DiT training latents: a pyramid level's clips at one bucket resolution (the
+    paper trains stages 1–2 on 256px latents and stage 3 on 768px ones of a smaller level)."""
 
     level: str = Field(min_length=1, description="pyramid level whose clips are encoded")
     resolution: int = Field(ge=8, description="bucket area ≈ resolution², aspect ratio kept, px")
@@ -166,19 +166,30 @@ class LatentsParams(Params):
         min_length=1, description="allowed bucket frame counts; each must fit the AE "
         "(non-causal k·td, causal 1 + k·td); a clip takes the largest ≤ its own"
     )
+
+    @model_validator(mode="after")
+    def _frames_once(self) -> "LatentSetParams":
+        repeated = sorted({f for f in self.frames if self.frames.count(f) > 1})
+        if repeated:
+            raise ValueError(f"frames lists {repeated} more than once; list each count once")
+        return self
+
+
+class LatentsParams(Params):
+    """The latent precompute (stage `latents`): each named set's clips encoded once, at their
+    bucket sizes (osora.train.buckets), into the table `latents_<set>`, so DiT training need not
+    run the AE. A DiT stage names the set it trains on (params/dit.yaml train.stages.*.latents)."""
+
+    sets: dict[str, LatentSetParams] = Field(
+        min_length=1, description="set name → level, resolution and frame counts; one table "
+        "latents_<name> each"
+    )
     device: Literal["cpu", "cuda"] = Field(description="where the AE encodes")
     precision: Literal["fp32", "bf16"] = Field(description="bf16: autocast the encoder")
     storage_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         description="dtype of the stored latent bytes"
     )
     tile: TileParams = Field(description="tiled encoding; null sizes: one pass per clip")
-
-    @model_validator(mode="after")
-    def _frames_once(self) -> "LatentsParams":
-        repeated = sorted({f for f in self.frames if self.frames.count(f) > 1})
-        if repeated:
-            raise ValueError(f"frames lists {repeated} more than once; list each count once")
-        return self
 
 
 class AEParams(Params):

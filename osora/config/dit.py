@@ -129,8 +129,8 @@ class CheckpointingParams(Params):
 class DiTStageParams(Params):
     """One training stage (RECIPE §6): its data, where it starts and how long it runs."""
 
-    latents: str = Field(min_length=1, description="pyramid level whose latents it trains on "
-                         "(table latents_<level>, written by the latents stage)")
+    latents: str = Field(min_length=1, description="the latent set it trains on: a key of "
+                         "params/ae.yaml latents.sets (table latents_<set>)")
     init: str | None = Field(description="null: a fresh model; the name of an earlier stage: "
                              "its weights; else a path to an osora MMDiT checkpoint "
                              "(`osora weights import flux` makes FLUX's)")
@@ -142,6 +142,8 @@ class DiTStageParams(Params):
     conditioned: bool = Field(description="false: T2V only (stage 1); true: the condition "
                               "kinds of dit.conditioning.weights (T/I2V stages 2–3)")
     checkpointing: CheckpointingParams
+    context_parallel: int = Field(ge=1, description="ranks that share one sample's sequence "
+                                  "(paper stage 3: 4); the job's ranks must be a multiple")
 
     @model_validator(mode="after")
     def _drop_inside(self) -> "DiTStageParams":
@@ -185,6 +187,11 @@ class DiTTrainParams(Params):
     recovery: RecoveryParams
     gc_every: int = Field(ge=0, description="Python's GC off in the loop, collected every N "
                           "steps (0: left on)")
+    compile_blocks: bool = Field(description="torch.compile each double / single block "
+                                 "(osora.train.block_compile); off on CPU")
+    cp_attention: Literal["ulysses", "ring"] = Field(
+        description="attention over a context-parallel group: ulysses (all-to-all over heads; "
+        "heads divisible by the degree) or ring (K/V passed around; any head count)")
     stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from osora.config.ae import AEParams
@@ -45,6 +45,22 @@ class Settings(BaseSettings):
     cost: CostParams
     store: StoreSettings
     tracking: TrackingSettings
+
+    @model_validator(mode="after")
+    def _latent_sets_exist(self) -> "Settings":
+        """The names that cross files: a latent set's pyramid level, a DiT stage's latent set."""
+        levels, sets = self.data.pyramid.levels, self.ae.latents.sets
+        for name, latent_set in sets.items():
+            if latent_set.level not in levels:
+                raise ValueError(f"params/ae.yaml latents.sets.{name}.level: "
+                                 f"{latent_set.level!r} is no level of params/data.yaml "
+                                 f"pyramid.levels ({', '.join(levels)})")
+        for name, stage in self.dit.train.stages.items():
+            if stage.latents not in sets:
+                raise ValueError(f"params/dit.yaml train.stages.{name}.latents: "
+                                 f"{stage.latents!r} is no set of params/ae.yaml latents.sets "
+                                 f"({', '.join(sets)})")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -1,7 +1,8 @@
 """Latent precompute: a pyramid level's clips encoded once by the AE, for DiT training.
 
-`LatentEncoder` is an Operator from a `pyramid_<level>` row to one `latents_<level>` row
-(schema in osora.schemas). For each clip it
+`LatentEncoder` is an Operator from a `pyramid_<level>` row to one `latents_<set>` row
+(schema in osora.schemas), for one latent set of params/ae.yaml (a level at one resolution:
+the paper's stages 1–2 train on 256px latents, stage 3 on 768px ones). For each clip it
 1. picks the clip's bucket (osora.train.buckets): the largest allowed frame count not above the
    clip's, and the size of area ≈ resolution² with the clip's aspect ratio, sides multiples of
    the AE's spatial compression × the DiT's patch; a clip shorter than every count is
@@ -176,28 +177,34 @@ def to_model_input(frames: np.ndarray) -> torch.Tensor:
 
 
 class LatentEncoder(Operator):
-    """One `latents_<level>` row per `pyramid_<level>` row (module doc). Construct in the parent
-    (checks the buckets against the AE and hashes the weights); `setup()` loads the AE once per
-    worker."""
+    """One `latents_<set>` row per row of the set's `pyramid_<level>` (module doc). Construct
+    in the parent (checks the buckets against the AE and hashes the weights); `setup()` loads the
+    AE once per worker."""
 
-    def __init__(self, params: LatentsParams, ae: AEParams, trained: str | Path,
+    def __init__(self, params: LatentsParams, name: str, ae: AEParams, trained: str | Path,
                  store: StoreSettings):
         from osora.models.tiling import TileSpec, latent_tile
 
-        self.output_table = f"latents_{params.level}"
-        self.params = params
+        if name not in params.sets:
+            raise ValueError(f"no latent set {name!r} in params/ae.yaml latents.sets "
+                             f"({', '.join(params.sets)})")
+        self.output_table = f"latents_{name}"
+        # only this set's entry: adding another set leaves this one's fingerprint alone
+        self.params = params.model_copy(update={"sets": {name: params.sets[name]}})
+        self.set = params.sets[name]
         self.ae_params = ae
         spec = autoencoder_spec(ae)
         try:
             self.buckets = BucketSpec(
-                resolution=params.resolution,
+                resolution=self.set.resolution,
                 multiple=spec.spatial_down * ae.autoencoder.dit_patch,
-                frame_counts=tuple(params.frames),
+                frame_counts=tuple(self.set.frames),
                 temporal_down=spec.temporal_down,
                 causal=spec.causal,
             )
         except ValueError as err:
-            raise ValueError(f"params/ae.yaml latents.frames, for the {spec.name}: {err}") from None
+            raise ValueError(f"params/ae.yaml latents.sets.{name}.frames, for the "
+                             f"{spec.name}: {err}") from None
         self.tiles = None
         tile = params.tile
         if tile.spatial is not None or tile.temporal is not None:

@@ -50,21 +50,24 @@ def publish(
     run: StageRun,
     store: Store,
     tables: dict[str, pa.Table],
-    result: RunResult | None,
+    result: RunResult | dict[str, RunResult] | None,
     receipt: Path,
     metrics_path: Path,
     metrics: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Sync each table (and the run's quarantine) into the store, tag and record the versions,
-    log the counts to MLflow and write the receipt and the DVC metrics file."""
+    log the counts to MLflow and write the receipt and the DVC metrics file. A stage that ran
+    several operators passes {name: result}: each quarantine goes to `<name>_quarantine` and
+    the counts are summed."""
     out: dict[str, float] = dict(metrics or {})
     if result is not None:
-        tables = {**tables, f"{run.stage}_quarantine": result.quarantine}
+        results = result if isinstance(result, dict) else {run.stage: result}
+        tables = {**tables, **{f"{name}_quarantine": r.quarantine for name, r in results.items()}}
         out.update(
-            quarantined=result.quarantine.num_rows,
-            processed=result.processed,
-            resumed=result.resumed,
-            seconds=round(result.seconds, 3),
+            quarantined=sum(r.quarantine.num_rows for r in results.values()),
+            processed=sum(r.processed for r in results.values()),
+            resumed=sum(r.resumed for r in results.values()),
+            seconds=round(sum(r.seconds for r in results.values()), 3),
         )
     for name, table in tables.items():
         version = store.sync(name, table, key="id", update_matched=True)

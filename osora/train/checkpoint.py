@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -233,7 +234,15 @@ def load(path: Path, state: dict[str, Any]) -> int:
         if index.name.endswith(_METADATA):
             _check_metadata(index)
     step = {_STEP_KEY: torch.tensor(-1, dtype=torch.int64)}
-    dcp.load({**state, **step}, checkpoint_id=str(path), planner=_WeightsOnlyLoadPlanner())
+    try:
+        dcp.load({**state, **step}, checkpoint_id=str(path), planner=_WeightsOnlyLoadPlanner())
+    except (RuntimeError, CheckpointException) as err:  # the latter when DCP wraps rank errors
+        if "Missing key in checkpoint" not in str(err):
+            raise
+        raise RuntimeError(
+            f"checkpoint.load: {path} does not hold everything this run saves; it was "
+            f"written by another version of the code: move {path.parent} aside to start over"
+        ) from err
     return int(step[_STEP_KEY])
 
 

@@ -6,8 +6,8 @@ back. Every other layer of the block works on its own tokens, so activations shr
     (B, H, N/P, D) ──all-to-all──▶ (B, H/P, N, D) ──attention──▶ ──all-to-all──▶ (B, H, N/P, D)
 
 Needs H divisible by P. The all-to-alls are torch's autograd-aware collectives, so the
-backward runs the mirror-image exchange. Ring attention (K/V passed around a ring, no head
-constraint) is not built yet.
+backward runs the mirror-image exchange. Ring attention (osora.train.ring_attention: K/V passed
+around a ring, no head constraint) is the other choice, `attention="ring"` (`CP_ATTENTION`).
 
 `context_parallel_forward` runs the MMDiT so: the joint [text; video] sequence is cut into P
 equal contiguous shards (a rank's shard may hold text, video or both; the double blocks run each
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osora.models.attention import sequence_parallel
+from osora.train.ring_attention import ring_attention
 
 
 def _swap(x: torch.Tensor, group, to_heads: bool) -> torch.Tensor:
@@ -64,6 +65,9 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=N
     return _swap(out, group, to_heads=False)  # (B, H, N/P, D)
 
 
+CP_ATTENTION = {"ulysses": ulysses_attention, "ring": ring_attention}  # fn(q, k, v, group, mask)
+
+
 class _GatherTokens(torch.autograd.Function):
     """All ranks' token shards (B, S, F) → (B, P·S, F); the backward keeps this rank's slice of
     the (identical on every rank) gradient."""
@@ -81,9 +85,13 @@ class _GatherTokens(torch.autograd.Function):
 
 
 def context_parallel_forward(model: nn.Module, group, x, t, text, pooled, text_mask=None,
-                             cond=None, guidance=None) -> torch.Tensor:
+                             cond=None, guidance=None, attention: str = "ulysses") -> torch.Tensor:
     """`model(x, t, text, pooled, …)` with the sequence split over `group` (module doc).
-    Every rank passes the whole inputs and gets the whole output (B, C, T, H, W)."""
+    Every rank passes the whole inputs and gets the whole output (B, C, T, H, W).
+    `attention`: a key of `CP_ATTENTION`, "ulysses" (heads divisible by P) or "ring"."""
+    if attention not in CP_ATTENTION:
+        raise ValueError(f"context parallel attention must be one of {sorted(CP_ATTENTION)}, "
+                         f"got {attention!r}")
     p, rank = dist.get_world_size(group), dist.get_rank(group)
     img, txt, vec, freqs, mask = model.embed(x, t, text, pooled, text_mask, cond, guidance)
     n_txt, total = txt.shape[1], txt.shape[1] + img.shape[1]
@@ -94,7 +102,7 @@ def context_parallel_forward(model: nn.Module, group, x, t, text, pooled, text_m
     lo, hi = rank * total // p, (rank + 1) * total // p
     txt_part = txt[:, lo:min(hi, n_txt)]
     img_part = img[:, max(lo - n_txt, 0):max(hi - n_txt, 0)]
-    with sequence_parallel(partial(ulysses_attention, group=group)):
+    with sequence_parallel(partial(CP_ATTENTION[attention], group=group)):
         seq = model.run_blocks(img_part, txt_part, vec, freqs[lo:hi], mask)  # (B, S, dim)
     out = _GatherTokens.apply(model.final_layer(seq, vec), group)  # (B, L + N, C·p²)
     return model.unembed(out[:, n_txt:], x)

@@ -10,10 +10,12 @@ import torch
 
 from osora.models.mmdit import DoubleStreamBlock, MMDiT, SingleStreamBlock
 from osora.train.activation_checkpoint import apply_checkpointing
+from osora.train.block_compile import compile_blocks
 from osora.train.bucket_batches import BucketRule
 from osora.train.ema import EMA
 from osora.train.flow_objective import FlowObjective
 from osora.train.loop import LoopSettings
+from osora.train.parallel import ContextLayout
 from osora.train.recovery import RecoverySettings
 from osora.weights.mmdit import load_mmdit, mmdit_config
 
@@ -63,20 +65,29 @@ def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
             for frames, r in buckets.stages[stage].items()}
 
 
-def build_objective(params, model: MMDiT, stage: str, world_size: int) -> FlowObjective:
-    """AdamW (RECIPE §4) on the model, FSDP2-sharded over its blocks when world_size > 1."""
+def build_objective(params, model: MMDiT, stage: str, world_size: int,
+                    context: ContextLayout | None = None) -> FlowObjective:
+    """AdamW (RECIPE §4) on the model, FSDP2-sharded over its blocks when world_size > 1;
+    with a context-parallel layout the sequence is split over each group of ranks."""
     from osora.train.parallel import shard_model
 
     t = params.train
     ckpt = t.stages[stage].checkpointing
     apply_checkpointing(model, ckpt.double, ckpt.single, ckpt.offload)
+    if t.compile_blocks:
+        compile_blocks(model, MMDIT_SHARD_UNITS)
+    cp = 1 if context is None else context.cp
     if world_size > 1:
-        model = shard_model(model, MMDIT_SHARD_UNITS)
+        # context parallelism enters through `embed`, not `forward` (context_parallel_forward)
+        model = shard_model(model, MMDIT_SHARD_UNITS,
+                            forward_methods=("embed",) if cp > 1 else (),
+                            gradient_divide_factor=context.dp if cp > 1 else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.stages[stage].lr, betas=t.betas,
                                   eps=t.eps, weight_decay=t.weight_decay)
     ema = EMA(model, t.ema_decay) if t.ema_decay is not None else None
     return FlowObjective(model, optimizer, patch_size=params.model.patch_size,
-                         sigma_min=t.sigma_min, ema=ema)
+                         sigma_min=t.sigma_min, ema=ema, context=context,
+                         cp_attention=t.cp_attention)
 
 
 def loop_settings(params, stage: str, device: str) -> LoopSettings:

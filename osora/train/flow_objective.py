@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from osora.models.mmdit import train_step_flops
 from osora.train.checkpoint import ModelOptimState
 from osora.train.ema import EMA
 from osora.train.loop import Update
+from osora.train.parallel import ContextLayout
 
 
 @dataclass
@@ -39,11 +41,23 @@ class LatentBatch:
 
 
 class FlowObjective:
+    """context: the job's context-parallel layout (None: each rank runs whole sequences); its
+    group runs the MMDiT with the sequence split (osora.train.context_parallel), attending with
+    `cp_attention`."""
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, patch_size: int,
-                 sigma_min: float = 0.0, ema: EMA | None = None):
+                 sigma_min: float = 0.0, ema: EMA | None = None,
+                 context: ContextLayout | None = None, cp_attention: str = "ulysses"):
         self.model, self.optimizer, self.patch_size = model, optimizer, patch_size
         self.sigma_min, self.ema = sigma_min, ema
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.cp = 1 if context is None else context.cp
+        self.forward = model
+        if self.cp > 1:
+            from osora.train.context_parallel import context_parallel_forward
+
+            self.forward = partial(context_parallel_forward, model, context.group,
+                                   attention=cp_attention)
 
     def updates(self, batch: LatentBatch, step: int) -> Iterator[Update]:
         # The loop reseeds the global RNG per step; a CPU generator drawn from it keeps t and the
@@ -53,8 +67,8 @@ class FlowObjective:
         def loss() -> tuple[torch.Tensor, dict[str, float]]:
             x = flow_inputs(batch.latent, patch_size=self.patch_size, generator=generator,
                             sigma_min=self.sigma_min)
-            v = self.model(x.x_t, x.t, batch.text, batch.pooled, text_mask=batch.text_mask,
-                           cond=batch.cond)  # (B, C, T, H, W)
+            v = self.forward(x.x_t, x.t, batch.text, batch.pooled, text_mask=batch.text_mask,
+                             cond=batch.cond)  # (B, C, T, H, W)
             mask = generated_frames(batch.cond) if batch.cond is not None else None
             value = flow_loss(v, batch.latent, x.noise, mask, self.sigma_min)
             return value, {"shift": x.shift, "t_mean": float(x.t.mean())}
@@ -62,12 +76,13 @@ class FlowObjective:
         yield Update("dit", self.optimizer, self.params, loss, ema=self.ema)
 
     def work(self, batch: LatentBatch) -> tuple[int, float]:
-        """(tokens, FLOPs) of one step on `batch`, for throughput and MFU."""
+        """(tokens, FLOPs) of this rank's part of one step on `batch`, for throughput and MFU
+        (a context-parallel rank does 1/cp of its group's)."""
         cfg = self.model.config
         b, _, t, h, w = batch.latent.shape
         video = t * (h // cfg.patch_size) * (w // cfg.patch_size)
-        return b * (video + batch.text.shape[1]), train_step_flops(cfg, b, video,
-                                                                   batch.text.shape[1])
+        tokens = b * (video + batch.text.shape[1])
+        return tokens // self.cp, train_step_flops(cfg, b, video, batch.text.shape[1]) / self.cp
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"dit": ModelOptimState(self.model, {"dit": self.optimizer})}

@@ -116,12 +116,14 @@ def train(
     checkpoint_dir: Path | None = None,
     log: Callable[[dict[str, float], int], None] | None = None,
     rank: int = 0,
+    data_rank: int | None = None,
     on_event: Callable[[dict], None] | None = None,
 ) -> LoopResult:
     """Run steps up to `settings.steps`, resuming from the newest checkpoint in
     `checkpoint_dir` if there is one; `log(metrics, step)` gets rank-averaged metrics on
     rank 0 every `log_every` steps and at the last step; `on_event(event)` gets every
-    recovery event (osora.train.recovery) on every rank."""
+    recovery event (osora.train.recovery) on every rank. `data_rank` (default: `rank`) seeds
+    the step's random draws: the ranks of a context-parallel group pass the same one."""
     rec = settings.recovery
     if rec.max_recoveries and checkpoint_dir is None:
         raise ValueError("recovery restores checkpoints: give checkpoint_dir")
@@ -175,7 +177,8 @@ def train(
             step_start = time.perf_counter()
             if step not in progress["skipped"]:
                 try:
-                    metrics = _step(objective, batch_for, settings, step, rank, autocast,
+                    metrics = _step(objective, batch_for, settings, step,
+                                    rank if data_rank is None else data_rank, autocast,
                                     monitors)
                 except Fault as fault:
                     if saver is not None:
@@ -234,7 +237,7 @@ def train(
 
 
 def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopSettings,
-          step: int, rank: int, autocast, monitors: dict[str, LossMonitor]
+          step: int, data_rank: int, autocast, monitors: dict[str, LossMonitor]
           ) -> dict[str, float]:
     """One step's updates; their metrics, plus the batch's making time and work as _data_s,
     _tokens, _flops (when the objective reports it: `work(batch)`). Raises Fault when an
@@ -242,7 +245,7 @@ def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopS
     update of the step may have been: recovery restores a checkpoint, so that is harmless)."""
     # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
     # so a resumed run repeats the uninterrupted one without saving generator states.
-    torch.manual_seed(hash((settings.seed, rank, step)) % 2**63)
+    torch.manual_seed(hash((settings.seed, data_rank, step)) % 2**63)
     data_start = time.perf_counter()
     batch = batch_for(step)
     tokens, flops = objective.work(batch) if hasattr(objective, "work") else (0, 0.0)

@@ -74,6 +74,38 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+@dataclass(frozen=True)
+class ContextLayout:
+    """A job's ranks as data-parallel replicas × context-parallel groups of `cp` ranks.
+
+    Consecutive ranks form a group (rank r is in group r // cp), so on a node a group's
+    all-to-alls stay on the fast links. The ranks of a group share one sample's sequence: they
+    read the same batch and draw the same noise (`dp_rank` seeds both), and each one's
+    gradients cover its share of the tokens, so gradients are summed over a group and averaged
+    over the `dp` replicas (FSDP2's divide factor dp, not the world size).
+    """
+
+    cp: int
+    dp: int
+    dp_rank: int
+    group: dist.ProcessGroup | None  # the context-parallel group; None when cp == 1
+
+
+def context_layout(job: Dist, cp: int) -> ContextLayout:
+    """Split the job into `cp`-rank context-parallel groups (a collective when cp > 1)."""
+    if cp < 1 or job.world_size % cp:
+        raise ValueError(f"context_parallel {cp} must divide the job's {job.world_size} "
+                         f"ranks: launch a multiple of {cp} processes (torchrun "
+                         "--nproc-per-node) or change params/dit.yaml "
+                         "train.stages.*.context_parallel")
+    dp = job.world_size // cp
+    if cp == 1:
+        return ContextLayout(1, dp, job.rank, None)
+    device_type = "cuda" if "nccl" in str(dist.get_backend()) else "cpu"
+    mesh = init_device_mesh(device_type, (dp, cp), mesh_dim_names=("dp", "cp"))
+    return ContextLayout(cp, dp, job.rank // cp, mesh.get_group("cp"))
+
+
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -91,6 +123,7 @@ def shard_model(
     reduce_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
     forward_methods: tuple[str, ...] = (),
+    gradient_divide_factor: float | None = None,
 ) -> nn.Module:
     """Shard `model` with FSDP2: every submodule that is an instance of `units`, then the root.
 
@@ -102,7 +135,9 @@ def shard_model(
     gradient-reduction dtypes; the sharded master weights keep their own dtype). `mesh` defaults
     to a 1-D mesh over all ranks; without a mesh and with one process this is a no-op, so a
     single-process run keeps plain tensors. The module is sharded in place and returned (its
-    parameters become DTensors; build the optimizer afterwards).
+    parameters become DTensors; build the optimizer afterwards). Gradients are summed over the
+    mesh and divided by its size, or by `gradient_divide_factor` (context parallelism: the
+    data-parallel degree, see ContextLayout).
     """
     if mesh is None:
         if not _is_distributed():
@@ -126,6 +161,10 @@ def shard_model(
         register_fsdp_forward_method(model, name)
     if _uses_gloo(mesh):
         _force_sum_on_gloo(model)
+    if gradient_divide_factor is not None:
+        for unit in model.modules():
+            if isinstance(unit, FSDPModule):
+                unit.set_gradient_divide_factor(gradient_divide_factor)
     return model
 
 

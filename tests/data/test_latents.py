@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import yaml
 
 from osora.config import load_settings
 from osora.config.ae import LatentsParams
@@ -44,11 +45,17 @@ REPO = Path(__file__).resolve().parents[2]
 AE = load_settings(params_dir=REPO / "params").ae  # the tiny DC-AE: 8× space, 4× time, 16 ch
 
 
+SET_FIELDS = ("level", "resolution", "frames")  # a latent set's own; the rest are shared
+
+
 def latents_params(**change) -> LatentsParams:
-    base = dict(level="t", resolution=64, frames=[16, 32, 48], device="cpu",
-                precision="fp32", storage_dtype="float32",
-                tile={"spatial": None, "temporal": None, "overlap": 0.25})
-    return LatentsParams(**{**base, **change})
+    """One latent set `t` (level t, 64 px, 16/32/48 frames) with `change` applied."""
+    one = {"level": "t", "resolution": 64, "frames": [16, 32, 48],
+           **{k: v for k, v in change.items() if k in SET_FIELDS}}
+    shared = dict(device="cpu", precision="fp32", storage_dtype="float32",
+                  tile={"spatial": None, "temporal": None, "overlap": 0.25})
+    return LatentsParams(sets={"t": one}, **{**shared, **{k: v for k, v in change.items()
+                                                          if k not in SET_FIELDS}})
 
 
 def make_clip(path: Path, width: int, height: int, frames: int, seed: int) -> Path:
@@ -90,7 +97,7 @@ def world(tmp_path_factory):
 
 def encoder(world, **change) -> LatentEncoder:
     root, _, weights, _ = world
-    return LatentEncoder(latents_params(**change), AE, weights,
+    return LatentEncoder(latents_params(**change), "t", AE, weights,
                          StoreSettings(uri=str(root / "store")))
 
 
@@ -207,7 +214,7 @@ def test_other_weights_change_the_hash_and_the_fingerprint(world, tmp_path):
     assert fingerprint(encoder(world)) == fingerprint(op)  # same inputs: work is reused
     torch.manual_seed(1)
     other = save_dcae(DCAE(dcae_config(AE.dcae)), tmp_path / "retrained.safetensors")
-    retrained = LatentEncoder(latents_params(), AE, other, StoreSettings(uri=str(tmp_path)))
+    retrained = LatentEncoder(latents_params(), "t", AE, other, StoreSettings(uri=str(tmp_path)))
     assert retrained.ae_sha256 != op.ae_sha256
     assert fingerprint(retrained) != fingerprint(op)
     assert fingerprint(encoder(world, storage_dtype="float16")) != fingerprint(op)
@@ -223,22 +230,24 @@ def test_workers_get_the_settings_not_a_loaded_model(world):
 
 def test_missing_weights_say_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="ae_train"):
-        LatentEncoder(latents_params(), AE, tmp_path / "none.safetensors",
+        LatentEncoder(latents_params(), "t", AE, tmp_path / "none.safetensors",
                       StoreSettings(uri=str(tmp_path)))
 
 
 def test_frame_counts_the_ae_cannot_take_are_named_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match=r"latents.frames.*\[17, 33\].*non-causal"):
-        LatentEncoder(latents_params(frames=[16, 17, 33]), AE, tmp_path / "w",
+    with pytest.raises(ValueError, match=r"latents.sets.t.frames.*\[17, 33\].*non-causal"):
+        LatentEncoder(latents_params(frames=[16, 17, 33]), "t", AE, tmp_path / "w",
                       StoreSettings(uri=str(tmp_path)))
     hunyuan = AE.model_copy(update={"autoencoder": AE.autoencoder.model_copy(
         update={"kind": "hunyuan_vae", "weights": str(tmp_path / "vae.pt")})})
     with pytest.raises(ValueError, match=r"HunyuanVideo VAE.*\[16, 32\].*causal.*1 \+ k·4"):
-        LatentEncoder(latents_params(frames=[16, 32]), hunyuan, tmp_path / "w",
+        LatentEncoder(latents_params(frames=[16, 32]), "t", hunyuan, tmp_path / "w",
                       StoreSettings(uri=str(tmp_path)))
     with pytest.raises(ValueError, match="latents.tile"):  # 36 px is not whole latents of 8
         LatentEncoder(latents_params(tile={"spatial": 36, "temporal": None, "overlap": 0.25}),
-                      AE, tmp_path / "w", StoreSettings(uri=str(tmp_path)))
+                      "t", AE, tmp_path / "w", StoreSettings(uri=str(tmp_path)))
+    with pytest.raises(ValueError, match="no latent set 'u'.*latents.sets"):
+        LatentEncoder(latents_params(), "u", AE, tmp_path / "w", StoreSettings(uri=str(tmp_path)))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
@@ -264,6 +273,13 @@ def test_cover_size_covers_the_bucket_keeping_the_aspect():
     assert cover_size(1920, 1080, Bucket(129, 192, 336)) == (341, 192)
 
 
+def edit_yaml(path: Path, change) -> None:
+    """Apply `change` to the YAML document in `path`, in place."""
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc))
+
+
 @pytest.mark.slow
 def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path):
     """pipelines/latents.py in a project of its own: table, quarantine, receipt, metrics."""
@@ -276,8 +292,13 @@ def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path
     version = store.sync("pyramid_t", pyramid, key="id")
     write_receipt(project / "lineage" / "pyramid.json", stage="pyramid",
                   outputs=[TableRef("pyramid_t", store.table_uri("pyramid_t"), version)])
+    # one latent set `t` of the level t, which every DiT stage trains on
+    edit_yaml(project / "params" / "data.yaml", lambda d: d["pyramid"]["levels"].update(t={}))
+    edit_yaml(project / "params" / "ae.yaml", lambda d: d["latents"].update(
+        sets={"t": {"level": "t", "resolution": 64, "frames": [16, 32, 48]}}))
+    edit_yaml(project / "params" / "dit.yaml", lambda d: [
+        stage.update(latents="t") for stage in d["train"]["stages"].values()])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSORA_", "DVC_"))}
-    env["OSORA_AE__LATENTS__LEVEL"] = "t"
     cmd = [sys.executable, str(REPO / "pipelines" / "latents.py"),
            "--pyramid", "lineage/pyramid.json", "--weights", str(weights),
            "--receipt", "lineage/latents.json", "--metrics", "metrics/latents.json"]
@@ -291,13 +312,13 @@ def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path
 
     receipt, metrics = run()
     assert metrics["rows.latents_t"] == 2 and metrics["quarantined"] == 2
-    assert metrics["processed"] == 4 and metrics["buckets"] == 2 and metrics["clips"] == 4
+    assert metrics["processed"] == 4 and metrics["t.buckets"] == 2 and metrics["t.clips"] == 4
     refs = read_receipt(project / "lineage" / "latents.json")
     latents = store.read("latents_t", version=refs["latents_t"].version).to_pylist()
     assert {r["id"]: r["latent_shape"] for r in latents} == \
         {"wide": [16, 8, 6, 11], "tall": [16, 4, 11, 6]}
     assert all(read_latent(r).shape == tuple(r["latent_shape"]) for r in latents)
-    assert store.read("latents_quarantine").num_rows == 2
+    assert store.read("latents_t_quarantine").num_rows == 2
 
     again, metrics = run()
     assert again == receipt  # nothing changed: DVC skips what depends on it

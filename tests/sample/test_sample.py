@@ -30,7 +30,7 @@ from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
-SAMPLE = SETTINGS.dit.sample  # 48 frames of 48×88 → latent (16, 12, 6, 11)
+SAMPLE = SETTINGS.dit.sample  # 48 frames of 72×128 → latent (16, 12, 9, 16)
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,15 @@ def test_value_state_round_trips_plain_values(tmp_path: Path):
     assert into["py_rng"] == (3, (1, 2, 3), None)
 
 
+def test_a_checkpoint_of_older_code_names_the_folder_to_move(tmp_path: Path):
+    """A run whose state gained a key since the checkpoint was written (e.g. a new loop
+    counter) cannot resume from it: the error says which folder to move aside."""
+    checkpoint.save(tmp_path / "run", 3, {"values": ValueState({"count": 1})})
+    newer = {"values": ValueState({"count": 0}), "_loop": ValueState({"skipped": ()})}
+    with pytest.raises(RuntimeError, match=f"move {tmp_path / 'run'} aside"):
+        checkpoint.load(tmp_path / "run" / "step_00000003", newer)
+
+
 def test_latest_ignores_partial_folders_and_keep_prunes(tmp_path: Path):
     state = {"values": ValueState({"w": torch.ones(3)})}
     for step in (1, 2, 3):

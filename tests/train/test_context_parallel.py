@@ -1,5 +1,6 @@
 """Ulysses context parallelism on 2 and 4 real gloo processes: forward outputs and gradients of
-every rank's token shard equal single-process attention over the whole sequence, in float64."""
+every rank's token shard equal single-process attention over the whole sequence, in float64. The
+MMDiT test runs ring attention too (its own tests: test_ring_attention.py)."""
 
 import os
 
@@ -89,19 +90,27 @@ def _model_worker(rank: int, world: int, port: int) -> None:
         want = {n: prm.grad.clone() for n, prm in model.named_parameters()}
         model.zero_grad()
 
-        out = context_parallel_forward(model, None, *inputs, text_mask=text_mask, cond=cond)
-        torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12)
-        (out * weight).sum().backward()
-        all_reduce_grads(model, None)
-        for name, prm in model.named_parameters():
-            torch.testing.assert_close(prm.grad, want[name], rtol=1e-9, atol=1e-12,
-                                       msg=lambda m, name=name: f"grad {name}: {m}")
+        for attention in ("ulysses", "ring"):  # one spawn for both: spawns are the cost
+            out = context_parallel_forward(model, None, *inputs, text_mask=text_mask, cond=cond,
+                                           attention=attention)
+            torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12,
+                                       msg=lambda m, a=attention: f"{a}: {m}")
+            (out * weight).sum().backward()
+            all_reduce_grads(model, None)
+            for name, prm in model.named_parameters():
+                torch.testing.assert_close(prm.grad, want[name], rtol=1e-9, atol=1e-12,
+                                           msg=lambda m, a=attention, name=name:
+                                           f"{a} grad {name}: {m}")
+            model.zero_grad()
+        with pytest.raises(ValueError, match=r"one of \['ring', 'ulysses'\], got 'rign'"):
+            context_parallel_forward(model, None, *inputs, attention="rign")
     finally:
         close_distributed()
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_the_mmdit_under_context_parallel_equals_one_process(world):
-    """2 ranks: 6 text + 32 video tokens, shards [6 text + 13 video | 19 video]; 4 ranks: 8 + 32,
-    [8 text + 2 video | 10 video | …]: a shard may hold both streams or one (float64)."""
+    """Ulysses and ring attention alike. 2 ranks: 6 text + 32 video tokens, shards [6 text +
+    13 video | 19 video]; 4 ranks: 8 + 32, [8 text + 2 video | 10 video | …]: a shard may hold
+    both streams or one (float64)."""
     mp.spawn(_model_worker, args=(world, free_port()), nprocs=world, join=True)
