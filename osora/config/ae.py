@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from osora.config.base import Params
+from osora.train.buckets import parse_ratio
 
 
 class DCAEParams(Params):
@@ -166,12 +167,20 @@ class LatentSetParams(Params):
         min_length=1, description="allowed bucket frame counts; each must fit the AE "
         "(non-causal k·td, causal 1 + k·td); a clip takes the largest ≤ its own"
     )
+    aspect_ratios: list[str] | None = Field(
+        description="W:H ratios a clip snaps to (the nearest on a log scale); null: each "
+        "clip keeps its own"
+    )
+    min_area: float = Field(ge=0, le=1, description="a clip with fewer pixels than this "
+                            "fraction of its bucket's is quarantined as too small (ref 0.8)")
 
     @model_validator(mode="after")
     def _frames_once(self) -> "LatentSetParams":
         repeated = sorted({f for f in self.frames if self.frames.count(f) > 1})
         if repeated:
             raise ValueError(f"frames lists {repeated} more than once; list each count once")
+        for ratio in self.aspect_ratios or ():
+            parse_ratio(ratio)
         return self
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from osora.data.clip_file import with_clip_file
 from osora.data.operator import Operator, OperatorError, Row
-from osora.train.buckets import Bucket, BucketSpec
+from osora.train.buckets import Bucket, BucketSpec, parse_ratio
 
 if TYPE_CHECKING:
     import numpy as np
@@ -201,6 +201,8 @@ class LatentEncoder(Operator):
                 frame_counts=tuple(self.set.frames),
                 temporal_down=spec.temporal_down,
                 causal=spec.causal,
+                aspect_ratios=tuple(parse_ratio(r) for r in self.set.aspect_ratios or ()),
+                min_area=self.set.min_area,
             )
         except ValueError as err:
             raise ValueError(f"params/ae.yaml latents.sets.{name}.frames, for the "
@@ -264,6 +266,11 @@ class LatentEncoder(Operator):
                                      int(row["num_frames"]))
         if bucket is None:
             raise OperatorError(self._too_short(clip_id, row["num_frames"]))
+        if self.buckets.too_small(int(row["width"]), int(row["height"]), bucket):
+            raise OperatorError(
+                f"latents: clip {clip_id} is {row['width']}×{row['height']}, less than "
+                f"{self.set.min_area:g}× the pixels of its {bucket.height}×{bucket.width} "
+                f"bucket at {self.set.resolution} px: too small for this set")
         frames = with_clip_file(
             self._store, uri,
             lambda path: self.read_frames(path, int(row["width"]), int(row["height"]), bucket),

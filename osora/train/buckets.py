@@ -1,11 +1,14 @@
 """Buckets: the (frames, height, width) a clip is trained at (RECIPE §6).
 
-A pyramid level trains at one resolution r: a clip keeps its aspect ratio and gets the size
-whose area is about r² (h = r/√a, w = r·√a for a = width/height), each side rounded to the
-nearest multiple of the AE's spatial compression × the DiT's patch, so the latent grid divides
-into whole patches. 16:9 at 256 px with the HunyuanVideo VAE and patch 2 (multiple 16) gives
-192×336 and at 768 px 576×1024, the reference's bucket sizes. The clip is then resized to cover
-that size and centre-cropped (osora.data.latents).
+A latent set trains at one resolution r: a clip's aspect ratio snaps to the nearest of a list
+(the reference's 2.39:1, 2:1, 16:9, 1.85:1, 3:2, 4:3, 1:1, 5:8 and transposes; or is kept as is
+when no list is given) and the clip gets the size of that ratio whose area is about r²
+(h = r/√a, w = r·√a for a = width/height), each side rounded to the nearest multiple of the
+AE's spatial compression × the DiT's patch, so the latent grid divides into whole patches. A
+clip with less than 0.8× its bucket's pixels is too small for that resolution. 16:9 at 256 px
+with the HunyuanVideo VAE and patch 2 (multiple 16) gives 192×336 and at 768 px 576×1024, the
+reference's bucket sizes. The clip is then resized to cover that size and centre-cropped
+(osora.data.latents).
 
 In time a clip goes to the largest allowed frame count not above its own frame count; every
 allowed count must be one the AE accepts (non-causal: T = k·td; causal: T = 1 + k·td). A clip
@@ -77,14 +80,33 @@ def _nearest(count: int, temporal_down: int, causal: bool) -> list[int]:
     return [above] if below < (1 if causal else temporal_down) else [below, above]
 
 
-def bucket_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
-    """(height, width) of area ≈ resolution² with the clip's aspect ratio, each side the
-    nearest multiple of `multiple` (at least one multiple)."""
+def parse_ratio(text: str) -> float:
+    """"16:9" → 16/9 (width / height); ValueError naming the text otherwise."""
+    try:
+        w, h = (float(part) for part in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"aspect ratio {text!r} is not W:H (e.g. 16:9, 2.39:1)") from None
+    if not (w > 0 and h > 0 and math.isfinite(w / h)):
+        raise ValueError(f"aspect ratio {text!r} needs two positive numbers")
+    return w / h
+
+
+def nearest_ratio(width: int, height: int, ratios: tuple[float, ...]) -> float:
+    """The listed width/height ratio closest to the clip's, on a log scale (so a ratio and
+    its transpose are equally far from 1:1)."""
+    own = math.log(width / height)
+    return min(ratios, key=lambda r: abs(math.log(r) - own))
+
+
+def bucket_size(width: int, height: int, resolution: int, multiple: int,
+                ratio: float | None = None) -> tuple[int, int]:
+    """(height, width) of area ≈ resolution² with aspect ratio `ratio` (width / height; None:
+    the clip's own), each side the nearest multiple of `multiple` (at least one multiple)."""
     for name, value in (("width", width), ("height", height), ("resolution", resolution),
                         ("multiple", multiple)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int ≥ 1, got {value!r}")
-    root = math.sqrt(width / height)  # √a
+    root = math.sqrt(width / height if ratio is None else ratio)  # √a
 
     def snap(x: float) -> int:
         return max(multiple, math.floor(x / multiple + 0.5) * multiple)
@@ -97,7 +119,10 @@ class BucketSpec:
     """How clips map to buckets at one resolution, for one AE and DiT patch.
 
     multiple: spatial_down × the DiT's patch (bucket sides are multiples of it);
-    frame_counts: the allowed frame counts, each one the AE (temporal_down, causal) accepts.
+    frame_counts: the allowed frame counts, each one the AE (temporal_down, causal) accepts;
+    aspect_ratios: width/height ratios a clip snaps to (the nearest; empty: its own ratio);
+    min_area: a clip whose pixel area is below this fraction of its bucket's is too small for
+    this resolution (RECIPE §6: 0.8; it belongs to a lower resolution's set).
     """
 
     resolution: int
@@ -105,6 +130,8 @@ class BucketSpec:
     frame_counts: tuple[int, ...]
     temporal_down: int
     causal: bool
+    aspect_ratios: tuple[float, ...] = ()
+    min_area: float = 0.0
 
     def __post_init__(self) -> None:
         counts = check_frame_counts(self.frame_counts, self.temporal_down, self.causal)
@@ -121,5 +148,11 @@ class BucketSpec:
         frames = self.frames_for(num_frames)
         if frames is None:
             return None
-        h, w = bucket_size(width, height, self.resolution, self.multiple)
+        ratio = nearest_ratio(width, height, self.aspect_ratios) if self.aspect_ratios else None
+        h, w = bucket_size(width, height, self.resolution, self.multiple, ratio)
         return Bucket(frames, h, w)
+
+    def too_small(self, width: int, height: int, bucket: Bucket) -> bool:
+        """Whether the clip has less than `min_area` of the bucket's pixels (it would be
+        upscaled to train here)."""
+        return width * height < self.min_area * bucket.height * bucket.width

@@ -45,12 +45,15 @@ REPO = Path(__file__).resolve().parents[2]
 AE = load_settings(params_dir=REPO / "params").ae  # the tiny DC-AE: 8× space, 4× time, 16 ch
 
 
-SET_FIELDS = ("level", "resolution", "frames")  # a latent set's own; the rest are shared
+# a latent set's own fields; the rest are shared by the sets
+SET_FIELDS = ("level", "resolution", "frames", "aspect_ratios", "min_area")
 
 
 def latents_params(**change) -> LatentsParams:
-    """One latent set `t` (level t, 64 px, 16/32/48 frames) with `change` applied."""
-    one = {"level": "t", "resolution": 64, "frames": [16, 32, 48],
+    """One latent set `t` (level t, 64 px, 16/32/48 frames, each clip's own aspect ratio, no
+    minimum area) with `change` applied."""
+    one = {"level": "t", "resolution": 64, "frames": [16, 32, 48], "aspect_ratios": None,
+           "min_area": 0.0,
            **{k: v for k, v in change.items() if k in SET_FIELDS}}
     shared = dict(device="cpu", precision="fp32", storage_dtype="float32",
                   tile={"spatial": None, "temporal": None, "overlap": 0.25})
@@ -175,6 +178,26 @@ def test_a_too_short_or_missing_clip_is_an_operator_error_with_its_reason(world)
         op.process(rows["gone"])
 
 
+def test_a_clip_too_small_for_the_sets_resolution_is_an_operator_error(world):
+    """At 128 px the 160×90 clip (14,400 px) has 0.89× the pixels of its 96×168 bucket
+    (16,128 px): kept at min_area 0.8, too small at 0.9."""
+    _, _, _, rows = world
+    assert encoder(world, resolution=128, min_area=0.8).process(rows["wide"])
+    with pytest.raises(OperatorError, match=r"wide is 160×90, less than 0.9× the pixels of its "
+                                            r"96×168 bucket at 128 px"):
+        encoder(world, resolution=128, min_area=0.9).process(rows["wide"])
+
+
+def test_aspect_ratios_snap_the_bucket(world):
+    """A 160×90 clip (16:9) in a set that lists only 1:1 and 3:1 goes to the nearer on a log
+    scale, 3:1 (|ln 3 − ln 16/9| = 0.52 < ln 16/9 = 0.58)."""
+    _, _, _, rows = world
+    row = encoder(world, aspect_ratios=["1:1", "3:1"]).process(rows["wide"])[0]
+    assert (row["height"], row["width"]) == (40, 112)  # 64/√3 = 37 → 40, 64·√3 = 111 → 112
+    with pytest.raises(ValueError, match="aspect ratio '16x9' is not W:H"):
+        latents_params(aspect_ratios=["16x9"])
+
+
 def test_runner_quarantines_bad_clips_and_a_rerun_resumes_everything(world, tmp_path):
     _, _, _, rows = world
     store = Store(str(tmp_path / "store"))
@@ -295,7 +318,8 @@ def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path
     # one latent set `t` of the level t, which every DiT stage trains on
     edit_yaml(project / "params" / "data.yaml", lambda d: d["pyramid"]["levels"].update(t={}))
     edit_yaml(project / "params" / "ae.yaml", lambda d: d["latents"].update(
-        sets={"t": {"level": "t", "resolution": 64, "frames": [16, 32, 48]}}))
+        sets={"t": {"level": "t", "resolution": 64, "frames": [16, 32, 48],
+                    "aspect_ratios": None, "min_area": 0.0}}))
     edit_yaml(project / "params" / "dit.yaml", lambda d: [
         stage.update(latents="t") for stage in d["train"]["stages"].values()])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSORA_", "DVC_"))}

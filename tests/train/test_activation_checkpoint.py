@@ -45,7 +45,8 @@ def grads_and_saved_bytes(model, inputs):
 def test_same_gradients_less_kept(double, single, offload):
     plain, inputs = model_and_inputs()
     wrapped = copy.deepcopy(plain)
-    done = apply_checkpointing(wrapped, double, single, offload)
+    # copy_cpu: the offloaded tensors really are copies here, as they are on a GPU
+    done = apply_checkpointing(wrapped, double, single, offload, copy_cpu=True)
     expected = {f"double_blocks.{i}" for i in range(2 if double == -1 else double)} | \
         {f"single_blocks.{i}" for i in range(2 if single == -1 else single)}
     assert {k for k, v in done.items() if v.startswith("checkpoint")} == expected
@@ -59,3 +60,31 @@ def test_same_gradients_less_kept(double, single, offload):
         assert wrapped_bytes < 0.25 * plain_bytes, (wrapped_bytes, plain_bytes)
     with pytest.raises(ValueError, match="already wrapped"):
         apply_checkpointing(wrapped, double, single, offload)
+
+
+def test_async_offload_gives_back_equal_copies_and_keeps_small_tensors():
+    from osora.train.offload import AsyncOffload
+
+    mover = AsyncOffload(min_bytes=64, copy_cpu=True)
+    big, small = torch.randn(4, 8), torch.randn(3)  # 128 and 12 bytes
+    packed = mover.pack(big)
+    assert packed is not big and mover.unpack(packed) is not big
+    assert torch.equal(mover.unpack(packed), big)
+    assert mover.pack(small) is small
+    assert AsyncOffload(min_bytes=0).pack(big) is big  # CPU tensors stay without copy_cpu
+
+
+def test_offloaded_saved_tensors_are_the_copies(monkeypatch):
+    """Every tensor the offloaded blocks save goes through the hooks: break the copies and the
+    gradients change."""
+    from osora.train import offload
+
+    plain, inputs = model_and_inputs()
+    wrapped = copy.deepcopy(plain)
+    apply_checkpointing(wrapped, 0, 0, offload=True, copy_cpu=True)
+    want, _ = grads_and_saved_bytes(plain, inputs)
+    monkeypatch.setattr(offload.AsyncOffload, "unpack",
+                        staticmethod(lambda p: p.host * 1.01 if isinstance(p, offload._Offloaded)
+                                     else p))
+    got, _ = grads_and_saved_bytes(wrapped, inputs)
+    assert any(not torch.allclose(got[n], want[n]) for n in want)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from osora.train.buckets import Bucket, BucketSpec, bucket_size, check_frame_counts, fits_ae
+from osora.train.buckets import (
+    Bucket,
+    BucketSpec,
+    bucket_size,
+    check_frame_counts,
+    fits_ae,
+    nearest_ratio,
+    parse_ratio,
+)
 
 PAPER_FRAMES = tuple(range(5, 130, 4))  # 4k+1 from 5 to 129 (RECIPE Table 5)
 
@@ -92,3 +100,49 @@ def test_bad_sizes_are_errors():
         bucket_size(320, 180, 64, 0)
     with pytest.raises(ValueError, match="width"):
         bucket_size(0, 180, 64, 8)
+
+
+REFERENCE_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "3:2", "4:3", "1:1", "5:8",
+                    "1:2.39", "1:2", "9:16", "1:1.85", "2:3", "3:4", "8:5")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "resolution", "expected"),
+    [
+        # RECIPE §6 with the HunyuanVideo VAE × patch 2 (multiple 16): clips near 16:9 or 1:1
+        # land on the reference's bucket sizes, whatever their exact shape
+        (1920, 1080, 256, (192, 336)),
+        (1280, 720, 256, (192, 336)),
+        # 1.82 is nearer 1.85:1 than 16:9 (ln-distance 0.017 vs 0.022): w = 348.2 → 352
+        (1280, 704, 256, (192, 352)),
+        (1000, 1000, 768, (768, 768)),
+        (1024, 1000, 768, (768, 768)),  # 1.02 → 1:1
+        (1920, 1080, 768, (576, 1024)),
+        (1080, 1920, 768, (1024, 576)),  # 9:16, the transpose
+        (2390, 1000, 256, (160, 400)),  # 2.39:1: h = 165.6 → 160, w = 395.8 → 400
+    ],
+)
+def test_clips_snap_to_the_reference_aspect_ratios(width, height, resolution, expected):
+    spec = BucketSpec(resolution, 16, PAPER_FRAMES, temporal_down=4, causal=True,
+                      aspect_ratios=tuple(parse_ratio(r) for r in REFERENCE_RATIOS))
+    bucket = spec.assign(width, height, 129)
+    assert (bucket.height, bucket.width) == expected
+
+
+def test_nearest_ratio_is_symmetric_under_transpose():
+    ratios = tuple(parse_ratio(r) for r in REFERENCE_RATIOS)
+    for w, h in ((1280, 720), (700, 1000), (2000, 900)):
+        assert nearest_ratio(w, h, ratios) == pytest.approx(1 / nearest_ratio(h, w, ratios))
+
+
+def test_too_small_is_below_the_fraction_of_the_bucket_area():
+    spec = BucketSpec(256, 16, PAPER_FRAMES, temporal_down=4, causal=True, min_area=0.8)
+    bucket = spec.assign(320, 180, 129)  # 192×336 = 64,512 px; 0.8× = 51,609.6
+    assert not spec.too_small(288, 180, bucket)  # 51,840 px
+    assert spec.too_small(286, 180, bucket)  # 51,480 px
+
+
+@pytest.mark.parametrize("text", ["16x9", "16:0", "a:b", "1:2:3"])
+def test_bad_ratios_are_named(text):
+    with pytest.raises(ValueError, match=f"aspect ratio '{text}'"):
+        parse_ratio(text)
