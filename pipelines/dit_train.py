@@ -81,7 +81,7 @@ def main() -> None:
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
             image_dropout=cond.image_dropout)
-        prefetch = Prefetcher(batches, pin=device.startswith("cuda"))
+        prefetch = Prefetcher(batches, device=device)
         model = initial_model(params, args.stage, args.models).to(device)
         objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
@@ -90,7 +90,7 @@ def main() -> None:
                                  params.model, params.train, stage, settings.buckets,
                                  ref.uri, ref.version, dist.world_size, text_encoder.identity)
         try:
-            result = train(objective, lambda step: prefetch(step).to(device),
+            result = train(objective, prefetch,
                            loop_settings(params, args.stage, device),
                            checkpoint_dir=checkpoints, log=curve, rank=dist.rank,
                            data_rank=context.dp_rank, on_event=run.log_event)

@@ -99,4 +99,4 @@ class LatentBatches:
                                       v2v_frames=self.v2v_frames), t,
                 v2v_frames=self.v2v_frames) for _ in items])  # (B, T)
             cond = drop_condition(build_cond(latent, masks), self.image_dropout, generator)
-        return LatentBatch(latent, text, pooled, mask, cond)  # on the CPU: `.to(device)`
+        return LatentBatch(latent, text, pooled, mask, cond)  # on the CPU (prefetch moves it)

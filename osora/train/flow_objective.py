@@ -33,12 +33,6 @@ class LatentBatch:
     text_mask: torch.Tensor | None = None  # (B, L) bool
     cond: torch.Tensor | None = None  # (B, C + 1, T, H, W): [mask, mask · latent]
 
-    def to(self, device: str | torch.device) -> LatentBatch:
-        """On `device`; from pinned memory the copies run asynchronously."""
-        return LatentBatch(*(None if x is None else x.to(device, non_blocking=True)
-                             for x in (self.latent, self.text, self.pooled, self.text_mask,
-                                       self.cond)))
-
 
 class FlowObjective:
     """context: the job's context-parallel layout (None: each rank runs whole sequences); its

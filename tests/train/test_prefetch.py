@@ -20,3 +20,26 @@ def test_the_next_batch_comes_from_the_background_and_others_on_the_spot():
     by_step = dict(made)
     assert by_step[0] is False and by_step[7] is False  # asked for without a prefetch
     assert by_step[1] and by_step[2] and by_step[8]  # made ahead, in the thread
+
+
+def test_staging_buffers_are_allocated_once_per_shape_and_reused():
+    """Batches of two bucket shapes through PinnedBuffers (plain memory without CUDA): two
+    buffers per (shape, dtype), whatever the number of steps, and every batch handed out
+    equals the one made, even when kept while later ones are staged."""
+    import torch
+
+    from osora.train.prefetch import PinnedBuffers
+
+    def batch_for(step):
+        shape = (2, 3) if step % 3 else (4, 1)  # two buckets, interleaved
+        g = torch.Generator().manual_seed(step)
+        return {"latent": torch.randn(shape, generator=g), "step": torch.tensor([step])}
+
+    buffers = PinnedBuffers(depth=2)
+    fetch = Prefetcher(batch_for, buffers=buffers)
+    got = [fetch(s) for s in range(12)] + [fetch(4), fetch(5)]  # and a jump back
+    fetch.close()
+    for step, batch in zip([*range(12), 4, 5], got):
+        assert torch.equal(batch["latent"], batch_for(step)["latent"]), step
+        assert int(batch["step"]) == step
+    assert buffers.allocated == 3 * 2  # (2, 3), (4, 1), (1,) int64: two each
