@@ -189,9 +189,10 @@ class DiTTrainParams(Params):
                           "steps (0: left on)")
     compile_blocks: bool = Field(description="torch.compile each double / single block "
                                  "(osora.train.block_compile); off on CPU")
-    cp_attention: Literal["ulysses", "ring"] = Field(
+    cp_attention: Literal["ulysses", "ring", "torch"] = Field(
         description="attention over a context-parallel group: ulysses (all-to-all over heads; "
-        "heads divisible by the degree) or ring (K/V passed around; any head count)")
+        "heads divisible by the degree), ring (K/V passed around; any head count) or torch "
+        "(torch's own context parallelism; CUDA, no text mask)")
     stages: dict[str, DiTStageParams] = Field(min_length=1, description="by name, in order")
 
     @model_validator(mode="after")

@@ -7,7 +7,8 @@ back. Every other layer of the block works on its own tokens, so activations shr
 
 Needs H divisible by P. The all-to-alls are torch's autograd-aware collectives, so the
 backward runs the mirror-image exchange. Ring attention (osora.train.ring_attention: K/V passed
-around a ring, no head constraint) is the other choice, `attention="ring"` (`CP_ATTENTION`).
+around a ring, no head constraint) is the other choice, `attention="ring"` (`CP_ATTENTION`), and
+on CUDA torch's own context parallelism, `attention="torch"` (osora.train.torch_cp_attention).
 
 `context_parallel_forward` runs the MMDiT so: the joint [text; video] sequence is cut into P
 equal contiguous shards (a rank's shard may hold text, video or both; the double blocks run each
@@ -30,6 +31,7 @@ from torch import nn
 
 from osora.models.attention import sequence_parallel
 from osora.train.ring_attention import ring_attention
+from osora.train.torch_cp_attention import torch_cp_attention
 
 
 def _swap(x: torch.Tensor, group, to_heads: bool) -> torch.Tensor:
@@ -65,7 +67,9 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=N
     return _swap(out, group, to_heads=False)  # (B, H, N/P, D)
 
 
-CP_ATTENTION = {"ulysses": ulysses_attention, "ring": ring_attention}  # fn(q, k, v, group, mask)
+# fn(q, k, v, group, mask); "torch": torch's own, CUDA only for training (torch_cp_attention)
+CP_ATTENTION = {"ulysses": ulysses_attention, "ring": ring_attention,
+                "torch": torch_cp_attention}
 
 
 class _GatherTokens(torch.autograd.Function):
@@ -88,7 +92,8 @@ def context_parallel_forward(model: nn.Module, group, x, t, text, pooled, text_m
                              cond=None, guidance=None, attention: str = "ulysses") -> torch.Tensor:
     """`model(x, t, text, pooled, …)` with the sequence split over `group` (module doc).
     Every rank passes the whole inputs and gets the whole output (B, C, T, H, W).
-    `attention`: a key of `CP_ATTENTION`, "ulysses" (heads divisible by P) or "ring"."""
+    `attention`: a key of `CP_ATTENTION`, "ulysses" (heads divisible by P), "ring" or "torch"
+    (CUDA, no text mask)."""
     if attention not in CP_ATTENTION:
         raise ValueError(f"context parallel attention must be one of {sorted(CP_ATTENTION)}, "
                          f"got {attention!r}")
