@@ -6,6 +6,7 @@
     osora sample --prompt … --checkpoint … [--image …|--video …] [--motion-score N]
     osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
     osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   RECIPE Table 3 from runs / ahead
+    osora tune buckets [--profile paper] [--dry-run]   per-bucket batch sizes → params/buckets.yaml
 """
 
 import argparse
@@ -96,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from osora.commands.cost import add_parser as add_cost
     from osora.commands.sample import add_parser as add_sample
+    from osora.commands.tune import add_parser as add_tune
     from osora.commands.weights import add_parser as add_weights
 
     add_sample(sub)
     add_weights(sub)
     add_cost(sub)
+    add_tune(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
 """DVC stage `dit_sample`: render the eval prompts with the last stage's MMDiT (`osora sample`'s
 code) and measure how well the videos follow them.
 
-The eval prompts are the distinct texts of the trained latents table, each rendered as the
-model saw it in training (caption, fps and motion score from `split_conditioned_text`). On the
+The eval prompts are the distinct texts of the latent sets the stages trained on, each rendered
+(at params/dit.yaml sample's size: a bucket of the last stage's set) as the model saw it in
+training (caption, fps and motion score from `split_conditioned_text`). On the
 tiny synth data the decoded frames are scored against the prompt's shape colour and motion
 direction (osora.eval.prompt_following) and compared with chance.
 """
@@ -36,13 +37,14 @@ def main() -> None:
 
     settings = load_settings()
     store = Store.from_settings(settings.store)
-    level = list(settings.dit.train.stages.values())[-1].latents
-    table = f"latents_{level}"
+    tables = sorted({f"latents_{s.latents}" for s in settings.dit.train.stages.values()})
     with stage_run(STAGE, settings, PARAMS, device=settings.dit.sample.device) as run:
-        if table not in read_receipt(args.latents):
-            raise SystemExit(f"dit_sample: {args.latents} has no table {table}")
-        texts = sorted(set(run.read_input(store, args.latents, table).column("text")
-                           .to_pylist()))
+        missing = [t for t in tables if t not in read_receipt(args.latents)]
+        if missing:
+            raise SystemExit(f"dit_sample: {args.latents} has no table {missing}")
+        texts = sorted({text for t in tables
+                        for text in run.read_input(store, args.latents, t).column("text")
+                        .to_pylist()})
         # each caption once (VBench names a video by its prompt), with the fps and motion
         # score of its first text
         settings_of: dict[str, tuple[int, int | None]] = {}

@@ -41,6 +41,15 @@ def test_paper_profile_overrides_only_what_its_files_name():
     assert paper.cost == tiny.cost
 
 
+def test_a_profile_mapping_marked_replace_stands_for_the_whole_mapping():
+    """The paper's bucket table and latent sets replace the tiny ones (`__replace__: true`);
+    unmarked mappings merge key by key (the paper adds a pyramid level to the tiny ones)."""
+    tiny, paper = load_settings(), load_settings("paper")
+    assert set(paper.buckets.stages["stage1"]) == {1, 33, 65, 97, 129}
+    assert set(paper.ae.latents.sets) == {"256px", "768px"}
+    assert set(paper.data.pyramid.levels) == set(tiny.data.pyramid.levels) | {"stage3_768px"}
+
+
 def test_unknown_profile_lists_the_known_ones(params_dir):
     with pytest.raises(ConfigError, match=r"profile 'huge'.*tiny, paper"):
         load_settings("huge", params_dir)
@@ -149,6 +158,10 @@ def test_dvc_tracks_the_keys_each_stage_reads():
                 f: [k.replace("${item}", str(item)) for k in keys or []]
                 for d in declared for f, keys in d.items()
             }
+            whole = {f for d in declared for f, keys in d.items() if keys is None}
             for dotted in read:
+                if "." not in dotted:  # a whole section: the whole file is tracked
+                    assert f"params/{dotted}.yaml" in whole, (name, dotted, declared)
+                    continue
                 section, key = re.sub(r"\{\w+\}", str(item), dotted).split(".", 1)
                 assert key in tracked.get(f"params/{section}.yaml", []), (name, item, tracked)

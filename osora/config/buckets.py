@@ -12,6 +12,23 @@ class BucketRuleParams(Params):
     keep: float = Field(ge=0.0, le=1.0, description="probability an item is used per epoch")
 
 
+class SearchRecord(Params):
+    """What a stage's batch sizes were searched for (written by `osora tune buckets`)."""
+
+    date: str
+    hardware: str
+    model: str
+    device: str
+    precision: str
+    memory_mb: int | None = Field(description="the CPU budget per probe; null on CUDA")
+    time_tolerance: float
+    reference_bucket: int = Field(description="the highest-token bucket's frame count")
+    probes: int = Field(ge=0, description="probes in the studies (resumed ones included)")
+
+
 class BucketsParams(Params):
     stages: dict[str, dict[int, BucketRuleParams]] = Field(
         description="stage name → bucket frame count → rule")
+    searched: dict[str, SearchRecord] = Field(
+        default_factory=dict, description="stage → the batch-size search that set its "
+        "batch sizes (absent: set by hand)")

@@ -20,6 +20,7 @@ from osora.config.data import DataParams
 from osora.config.dit import DiTParams
 from osora.config.store import StoreSettings
 from osora.config.tracking import TrackingSettings
+from osora.config.tune import TuneParams
 from osora.paths import project_root
 
 ENV_PREFIX = "OSORA_"
@@ -43,12 +44,14 @@ class Settings(BaseSettings):
     dit: DiTParams
     buckets: BucketsParams
     cost: CostParams
+    tune: TuneParams
     store: StoreSettings
     tracking: TrackingSettings
 
     @model_validator(mode="after")
     def _latent_sets_exist(self) -> "Settings":
-        """The names that cross files: a latent set's pyramid level, a DiT stage's latent set."""
+        """The names that cross files: a latent set's pyramid level, a DiT stage's latent set,
+        the tuned stage."""
         levels, sets = self.data.pyramid.levels, self.ae.latents.sets
         for name, latent_set in sets.items():
             if latent_set.level not in levels:
@@ -60,6 +63,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"params/dit.yaml train.stages.{name}.latents: "
                                  f"{stage.latents!r} is no set of params/ae.yaml latents.sets "
                                  f"({', '.join(sets)})")
+        stage = self.tune.stage
+        if stage not in self.dit.train.stages or stage not in self.buckets.stages:
+            raise ValueError(f"params/tune.yaml stage: {stage!r} must be a stage of both "
+                             "params/dit.yaml train.stages and params/buckets.yaml stages")
         return self
 
     @classmethod
@@ -131,10 +138,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
+REPLACE_KEY = "__replace__"  # in a profile's mapping: `__replace__: true` replaces, not merges
+
+
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` over `base`, mappings merged key by key, except a mapping of the overlay that
+    says `__replace__: true`: it stands for the whole mapping (a profile's own bucket table or
+    latent sets, not the tiny ones plus its own)."""
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value.get(REPLACE_KEY) is True:
+            merged[key] = {k: v for k, v in value.items() if k != REPLACE_KEY}
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

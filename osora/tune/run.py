@@ -1,0 +1,129 @@
+"""The paper's three-step batch-size search for one stage's buckets (RECIPE §6):
+
+1. the reference bucket — the one with the most tokens per sample — gets the largest batch that
+   fits in memory;
+2. every other bucket gets the largest batch that fits and whose step time does not exceed the
+   reference batch's (× `time_tolerance`);
+3. its forward and backward times each stay within the reference batch's as well.
+
+One Optuna study per bucket (osora.tune.search), named by stage, bucket, model and hardware,
+in a persistent storage, so an interrupted search resumes and `optuna-dashboard` shows them.
+The result is written into params/buckets.yaml (osora.tune.write_back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from osora.tune.probe import ProbeRequest, ProbeResult, run_probe
+from osora.tune.search import BucketSearch, Limits, open_study, search_bucket
+from osora.tune.shapes import ProbeShape, bucket_shapes
+
+Prober = Callable[[ProbeShape, int], ProbeResult]  # (bucket shape, batch) → result
+
+
+@dataclass
+class TuneResult:
+    stage: str
+    batches: dict[int, int]  # bucket frame count → batch size
+    searches: dict[int, BucketSearch]
+    reference: ProbeShape
+    hardware: str
+    model: str  # a readable description of the probed model
+    studies: dict[int, str]  # bucket → Optuna study name
+
+    @property
+    def probes(self) -> int:
+        return sum(s.probes for s in self.searches.values())
+
+
+def probed_model(settings) -> dict:
+    """The MMDiT config the probes build: params/dit.yaml's, depths from params/tune.yaml."""
+    from osora.weights.mmdit import mmdit_config
+
+    t = settings.tune
+    config = mmdit_config(settings.dit.model)
+    changes = {k: v for k, v in (("depth_double", t.depth_double),
+                                 ("depth_single", t.depth_single)) if v is not None}
+    return dataclasses.asdict(dataclasses.replace(config, **changes))
+
+
+def hardware_name(settings) -> str:
+    """What the batch sizes are for: the GPU's name, or the CPU with the memory budget."""
+    t = settings.tune
+    if t.device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu} ({os.cpu_count()} cores), {t.memory_mb} MB per probe"
+
+
+def default_storage(root: Path) -> str:
+    (root / "optuna").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'optuna' / 'tune.db'}"
+
+
+def process_prober(settings) -> Prober:
+    """Probes in their own processes (osora.tune.probe) for params/tune.yaml's settings."""
+    t = settings.tune
+    model = probed_model(settings)
+    c = settings.dit.train.stages[t.stage].checkpointing
+
+    def probe(shape: ProbeShape, batch: int) -> ProbeResult:
+        request = ProbeRequest(model, shape.latent, shape.text_tokens, batch, t.device,
+                               t.precision, t.memory_mb, t.steps, (c.double, c.single, c.offload))
+        return run_probe(request, t.probe_timeout_s)
+
+    return probe
+
+
+def tune_buckets(settings, root: Path, prober: Prober | None = None,
+                 say: Callable[[str], None] = print) -> TuneResult:
+    """Search every bucket of params/tune.yaml's stage (module doc)."""
+    t = settings.tune
+    prober = prober or process_prober(settings)
+    storage = t.storage or default_storage(root)
+    model = probed_model(settings)
+    checkpointing = settings.dit.train.stages[t.stage].checkpointing.model_dump()
+    hardware = hardware_name(settings)
+    key = hashlib.sha256(json.dumps([model, checkpointing, t.precision, t.memory_mb],
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", hardware).strip("-").lower()
+    shapes = bucket_shapes(settings, t.stage)
+    reference, others = shapes[0], shapes[1:]
+    studies = {s.frames: f"{t.stage}-{s.frames}f-{key}-{slug}" for s in shapes}
+
+    def run(shape: ProbeShape, limits: Limits) -> BucketSearch:
+        found = search_bucket(open_study(studies[shape.frames], storage),
+                              lambda b: prober(shape, b), limits, t.max_batch)
+        if found.best is None:
+            raise RuntimeError(
+                f"tune: not even batch 1 of the {shape.frames}-frame bucket "
+                f"({shape.tokens} tokens) is feasible on {hardware}: "
+                f"{found.results[1].reason or 'slower than the reference batch'}; raise "
+                "params/tune.yaml memory_mb or time_tolerance, or reduce the model "
+                "(depth_double / depth_single)")
+        say(f"tune: {shape.frames}-frame bucket ({shape.tokens} tokens/sample): batch "
+            f"{found.best.batch} ({found.probes} probes, {len(found.results)} in the study)")
+        return found
+
+    searches = {reference.frames: run(reference, Limits())}
+    limits = Limits(searches[reference.frames].best, t.time_tolerance)
+    for shape in others:
+        searches[shape.frames] = run(shape, limits)
+    depth = f"{model['depth_double']}+{model['depth_single']}"
+    description = (f"MMDiT hidden {model['hidden_size']}, {model['num_heads']} heads, depth "
+                   f"{depth}, patch {model['patch_size']}, {t.precision}, checkpointing "
+                   f"{checkpointing['double']}/{checkpointing['single']}"
+                   f"{' + offload' if checkpointing['offload'] else ''}")
+    return TuneResult(t.stage, {f: s.best.batch for f, s in searches.items()}, searches,
+                      reference, hardware, description, studies)
