@@ -41,3 +41,39 @@ def test_the_search_finds_what_an_exhaustive_scan_finds(tmp_path):
                           Limits(), MAX_BATCH)
     assert found.best.batch == want
     assert found.probes == expected_probes(want, MAX_BATCH)
+
+
+@pytest.mark.slow
+def test_osora_tune_buckets_writes_params_and_logs_to_mlflow(tmp_path):
+    """The command end to end in a project of its own, with real probes (max_batch 2 keeps it
+    short): every stage-1 bucket gets a batch size in params/buckets.yaml, the search record
+    names this machine, MLflow has the run with a metric per bucket."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tmp_path / "project"
+    shutil.copytree(repo / "params", project / "params")
+    shutil.copy(repo / "dvc.yaml", project / "dvc.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSORA_", "DVC_"))}
+    env.update(OSORA_TUNE__MAX_BATCH="2", OSORA_TUNE__STEPS="1")
+    osora = str(Path(sys.executable).parent / "osora")
+    done = subprocess.run([osora, "tune", "buckets"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = load_settings(params_dir=project / "params")
+    stage = settings.tune.stage
+    batches = {f: r.batch_size for f, r in settings.buckets.stages[stage].items()}
+    assert set(batches.values()) <= {1, 2}
+    record = settings.buckets.searched[stage]
+    assert record.hardware.startswith("CPU") and record.memory_mb == settings.tune.memory_mb
+    client = MlflowClient(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("osora").experiment_id])
+    assert [r.data.tags["dvc.stage"] for r in runs] == ["tune_buckets"]
+    assert {f"batch/{f}" for f in batches} <= set(runs[0].data.metrics)
+    assert (project / "optuna" / "tune.db").is_file()
