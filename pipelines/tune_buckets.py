@@ -12,7 +12,7 @@ from osora.tune.stage import PARAMS  # noqa: F401  (the sections read; dvc.yaml 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
+    parser.add_argument("--metrics", type=Path, help="also write the batch sizes here (JSON)")
     args = parser.parse_args()
     from osora.tune.stage import run_stage
 

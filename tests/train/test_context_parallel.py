@@ -102,7 +102,7 @@ def _model_worker(rank: int, world: int, port: int) -> None:
                                            msg=lambda m, a=attention, name=name:
                                            f"{a} grad {name}: {m}")
             model.zero_grad()
-        with pytest.raises(ValueError, match=r"one of \['ring', 'ulysses'\], got 'rign'"):
+        with pytest.raises(ValueError, match=r"one of \['ring', 'torch', 'ulysses'\], got 'rign'"):
             context_parallel_forward(model, None, *inputs, attention="rign")
     finally:
         close_distributed()
