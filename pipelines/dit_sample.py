@@ -5,7 +5,8 @@ The eval prompts are the distinct texts of the latent sets the stages trained on
 (at params/dit.yaml sample's size: a bucket of the last stage's set) as the model saw it in
 training (caption, fps and motion score from `split_conditioned_text`). On the
 tiny synth data the decoded frames are scored against the prompt's shape colour and motion
-direction (osora.eval.prompt_following) and compared with chance.
+direction (osora.eval.prompt_following) and compared with chance; VBench's temporal flickering
+(osora.eval.flicker, no weights) is reported beside them.
 """
 
 import argparse
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
     args = parser.parse_args()
 
+    from osora.eval.flicker import temporal_flickering
     from osora.eval.prompt_following import follow_rates
+    from osora.media.frames import read_video
     from osora.prompts import split_conditioned_text
     from osora.sample.run import SampleRequest, run_sampling
 
@@ -62,7 +65,9 @@ def main() -> None:
             written = run_sampling(settings, request, root=project_root(), progress=False)
             videos += zip(written, [c for c in captions
                                     for _ in range(settings.dit.sample.num_samples)])
-        metrics = {"videos": len(videos), **follow_rates(videos)}
+        flicker = [temporal_flickering(read_video(path)) for path, _ in videos]
+        metrics = {"videos": len(videos), **follow_rates(videos),
+                   "temporal_flickering": sum(flicker) / max(1, len(flicker))}
         run.log_metrics(metrics)
         atomic_write_json(args.metrics, metrics)
 

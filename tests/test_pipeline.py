@@ -190,6 +190,7 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     rates = json.loads((clone / "metrics" / "dit_sample.json").read_text())
     assert rates["videos"] >= 10 and rates["scored"] >= 8, rates
     assert 0 <= rates["colour_accuracy"] <= 1 and rates["colour_chance"] == 1 / 8
+    assert 0.5 < rates["temporal_flickering"] < 1.0  # a moving shape, not frozen, not noise
     # measured 0.45-0.55 colour and 0.36 direction against 0.125 chance (README); the bar is
     # lenient: 13 prompts, and CPU rounding may differ between machines
     assert (rates["colour_accuracy"] >= 2 * rates["colour_chance"]

@@ -154,3 +154,28 @@ def test_a_killed_search_resumes_without_probing_a_batch_twice(tmp_path):
     states = [t.state for t in optuna.load_study(study_name="killed",
                                                  storage=storage).get_trials()]
     assert optuna.trial.TrialState.RUNNING not in states  # the killed trial was closed
+
+
+def test_a_bucket_whose_batch_1_is_too_slow_trains_at_1_and_one_that_cannot_fit_stops(
+        tmp_path):
+    settings = load_settings(params_dir=REPO / "params")
+    settings = settings.model_copy(update={"tune": settings.tune.model_copy(
+        update={"storage": f"sqlite:///{tmp_path / 't.db'}", "time_tolerance": 1.0})})
+    shapes = bucket_shapes(settings, settings.tune.stage)
+    slow = shapes[-1].frames  # the fewest tokens, made slow on purpose
+
+    def prober(shape, b):
+        seconds = 99.0 if shape.frames == slow else b * 1e-3
+        return ProbeResult(b, b <= 4, seconds, 0.4 * seconds, 0.6 * seconds)
+
+    said = []
+    result = tune_buckets(settings, tmp_path, prober=prober, say=said.append)
+    assert result.batches[slow] == 1 and any("slower than the reference" in s for s in said)
+
+    def no_fit(shape, b):
+        return ProbeResult(b, shape.frames != slow, 1e-3, 4e-4, 6e-4, reason="out of memory: x")
+
+    settings = settings.model_copy(update={"tune": settings.tune.model_copy(
+        update={"storage": f"sqlite:///{tmp_path / 'u.db'}"})})
+    with pytest.raises(RuntimeError, match=f"not even batch 1 of the {slow}-frame bucket"):
+        tune_buckets(settings, tmp_path, prober=no_fit, say=lambda _: None)

@@ -61,7 +61,9 @@ def test_osora_tune_buckets_writes_params_and_logs_to_mlflow(tmp_path):
     shutil.copytree(repo / "params", project / "params")
     shutil.copy(repo / "dvc.yaml", project / "dvc.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSORA_", "DVC_"))}
-    env.update(OSORA_TUNE__MAX_BATCH="2", OSORA_TUNE__STEPS="1")
+    # the wiring is under test, not timing: a loaded CI machine's step times are noise
+    env.update(OSORA_TUNE__MAX_BATCH="2", OSORA_TUNE__STEPS="1",
+               OSORA_TUNE__TIME_TOLERANCE="100")
     osora = str(Path(sys.executable).parent / "osora")
     done = subprocess.run([osora, "tune", "buckets"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=900)
