@@ -2,25 +2,21 @@
 every rank's token shard equal single-process attention over the whole sequence, in float64. The
 MMDiT test runs ring attention too (its own tests: test_ring_attention.py)."""
 
-import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from free_port import free_port
+from free_port import free_port, join_gloo
 
 from osora.train.context_parallel import ulysses_attention
-from osora.train.parallel import close_distributed, init_distributed
+from osora.train.parallel import close_distributed
 
 B, H, D, TOKENS_PER_RANK = 2, 4, 8, 3
 
 
 def _worker(rank: int, world: int, port: int, masked: bool) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    init_distributed("gloo")
+    join_gloo(rank, world, port)
     try:
         n = TOKENS_PER_RANK * world
         g = torch.Generator().manual_seed(0)
@@ -64,10 +60,7 @@ def _model_worker(rank: int, world: int, port: int) -> None:
     from osora.models.mmdit import MMDIT_TINY, MMDiT
     from osora.train.context_parallel import all_reduce_grads, context_parallel_forward
 
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    init_distributed("gloo")
+    join_gloo(rank, world, port)
     try:
         torch.manual_seed(0)
         model = MMDiT(dataclasses.replace(MMDIT_TINY, depth_double=2)).double()

@@ -15,13 +15,12 @@ whose ranks drew different noise, would end with other weights.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from free_port import free_port
+from free_port import free_port, join_gloo
 
 from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.models.mmdit import MMDIT_TINY, MMDiT
@@ -33,7 +32,6 @@ from osora.train.parallel import (
     Dist,
     close_distributed,
     context_layout,
-    init_distributed,
     shard_model,
 )
 
@@ -84,11 +82,8 @@ def run(job: Dist, cp: int, attention: str, out: Path) -> None:
 
 
 def _worker(rank: int, world: int, cp: int, attention: str, port: int, out: Path) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        run(init_distributed("gloo"), cp, attention, out)
+        run(join_gloo(rank, world, port), cp, attention, out)
     finally:
         close_distributed()
 

@@ -2,16 +2,15 @@
 token shard equal single-process attention over the whole sequence, in float64, with heads not
 divisible by the ranks, with key masks, with key blocks masked whole, and on sub-groups."""
 
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from free_port import free_port
+from free_port import free_port, join_gloo
 
-from osora.train.parallel import close_distributed, init_distributed
+from osora.train.parallel import close_distributed
 from osora.train.ring_attention import ring_attention
 
 B, H, D, TOKENS_PER_RANK = 2, 3, 8, 3  # 3 heads: divisible by none of the degrees tested
@@ -52,10 +51,7 @@ def _check(group, masked: bool, dead_blocks: bool = False, seed: int = 0) -> Non
 
 
 def _worker(rank: int, world: int, port: int, masked: bool, dead_blocks: bool) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    init_distributed("gloo")
+    join_gloo(rank, world, port)
     try:
         _check(None, masked, dead_blocks)
         if world == 4:

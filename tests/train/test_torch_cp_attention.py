@@ -2,25 +2,21 @@
 the forward equals whole-sequence attention in float64 (its backward needs CUDA's attention
 kernels: see osora/train/torch_cp_attention.py), and a key mask is refused with the fix."""
 
-import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from free_port import free_port
+from free_port import free_port, join_gloo
 
-from osora.train.parallel import close_distributed, init_distributed
+from osora.train.parallel import close_distributed
 from osora.train.torch_cp_attention import torch_cp_attention
 
 B, H, D, TOKENS_PER_RANK = 2, 3, 8, 4
 
 
 def _worker(rank: int, world: int, port: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    init_distributed("gloo")
+    join_gloo(rank, world, port)
     try:
         n = TOKENS_PER_RANK * world
         g = torch.Generator().manual_seed(0)
