@@ -7,6 +7,11 @@ training (caption, fps and motion score from `split_conditioned_text`). On the
 tiny synth data the decoded frames are scored against the prompt's shape colour and motion
 direction (osora.eval.prompt_following) and compared with chance; VBench's temporal flickering
 (osora.eval.flicker, no weights) is reported beside them.
+
+Motion control (osora.eval.motion_control): every video's VMAF motion, measured as the data
+pipeline measured its training clips, against the motion score its prompt asked for; and the
+first params/eval.yaml motion.contrast_prompts prompts once more at each of
+motion.contrast_scores (in <out>/motion_<score>/), so the same prompt asks for little and much.
 """
 
 import argparse
@@ -20,7 +25,7 @@ from osora.store import Store
 from osora.tracking import stage_run
 
 STAGE = "dit_sample"
-PARAMS = ("dit.sample", "dit.text", "dit.train")
+PARAMS = ("dit.sample", "dit.text", "dit.train", "eval.motion", "data.scores.motion")
 
 
 def main() -> None:
@@ -32,7 +37,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON")
     args = parser.parse_args()
 
+    from osora.data.scores.motion import vmaf_motion
     from osora.eval.flicker import temporal_flickering
+    from osora.eval.motion_control import motion_control
     from osora.eval.prompt_following import follow_rates
     from osora.media.frames import read_video
     from osora.prompts import split_conditioned_text
@@ -57,17 +64,36 @@ def main() -> None:
         groups: dict[tuple[int, int | None], list[str]] = {}
         for caption, key in settings_of.items():
             groups.setdefault(key, []).append(caption)
-        videos: list[tuple[Path, str]] = []
-        for (fps, motion), captions in sorted(groups.items(), key=str):
-            request = SampleRequest(captions, args.checkpoint, args.out, "t2v",
+
+        def render(captions: list[str], fps: int, motion: int | None, out: Path) -> list[Path]:
+            request = SampleRequest(captions, args.checkpoint, out, "t2v",
                                     autoencoder=args.autoencoder,
                                     overrides={"fps": fps, "motion_score": motion})
-            written = run_sampling(settings, request, root=project_root(), progress=False)
-            videos += zip(written, [c for c in captions
-                                    for _ in range(settings.dit.sample.num_samples)])
+            return run_sampling(settings, request, root=project_root(), progress=False)
+
+        n = settings.dit.sample.num_samples
+        videos: list[tuple[Path, str]] = []
+        asked: list[tuple[Path, float]] = []  # (video, the motion score its prompt states)
+        for (fps, motion), captions in sorted(groups.items(), key=str):
+            written = render(captions, fps, motion, args.out)
+            videos += zip(written, [c for c in captions for _ in range(n)])
+            if motion is not None:
+                asked += [(path, motion) for path in written]
+        contrast = settings.eval.motion
+        by_fps: dict[int, list[str]] = {}
+        for caption in list(settings_of)[: contrast.contrast_prompts]:
+            by_fps.setdefault(settings_of[caption][0], []).append(caption)
+        for score in contrast.contrast_scores:
+            for fps, captions in sorted(by_fps.items()):
+                written = render(captions, fps, score, args.out / f"motion_{score:g}")
+                asked += [(path, score) for path in written]
+        width = settings.data.scores.motion.analysis_width
         flicker = [temporal_flickering(read_video(path)) for path, _ in videos]
         metrics = {"videos": len(videos), **follow_rates(videos),
                    "temporal_flickering": sum(flicker) / max(1, len(flicker))}
+        if asked:
+            metrics.update(motion_control([score for _, score in asked],
+                                          [vmaf_motion(path, width) for path, _ in asked]))
         run.log_metrics(metrics)
         atomic_write_json(args.metrics, metrics)
 

@@ -63,7 +63,8 @@ def runs_per_stage(project: Path) -> Counter:
 
 STAGES = ("synth", "ingest", "preprocess", "shots", "clips", "score@aesthetic", "score@motion",
           "score@blur", "score@ocr", "score@jitter", "captions", "pyramid", "stats",
-          "ae_train", "ae_eval", "latents", "dit_stage1", "dit_stage2", "dit_stage3", "dit_sample")
+          "ae_train", "ae_eval", "latents", "dit_stage1", "dit_stage2", "dit_stage3", "dit_sample",
+          "vbench")
 
 
 def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
@@ -198,4 +199,15 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     videos = sorted((clone / "samples" / "dit").glob("*.mp4"))
     assert len(videos) == rates["videos"]
     assert probe(videos[0]).num_frames == dit.sample.frames
+    assert 0 <= rates["shape_accuracy"] <= 1 and rates["shape_chance"] == 1 / 4
+    # motion asked for vs measured: each prompt's own score, plus 4 prompts at 0 and at 6
+    assert {"motion_abs_error", "motion_at_0", "motion_at_6"} <= rates.keys(), rates
+    assert len(list((clone / "samples" / "dit" / "motion_6").glob("*.mp4"))) == 4
+
+    # VBench on the excerpt: only temporal flickering has no weights to wait for
+    vbench = json.loads((clone / "metrics" / "vbench.json").read_text())
+    assert vbench["prompts"] == 10 and vbench["videos"] == 20
+    assert vbench["evaluated"] == 1 and vbench["not_evaluated"] == 15
+    assert 0.5 < vbench["temporal_flickering"] <= 1.0 and "total" not in vbench
+    assert (clone / "samples" / "vbench" / "In a still frame, a stop sign-1.mp4").is_file()
     assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"

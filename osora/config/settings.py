@@ -18,6 +18,7 @@ from osora.config.buckets import BucketsParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
 from osora.config.dit import DiTParams
+from osora.config.eval import EvalParams
 from osora.config.store import StoreSettings
 from osora.config.tracking import TrackingSettings
 from osora.config.tune import TuneParams
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     buckets: BucketsParams
     cost: CostParams
     tune: TuneParams
+    eval: EvalParams
     store: StoreSettings
     tracking: TrackingSettings
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from osora.config.data import SynthParams
 from osora.data.bitmap_font import GLYPH_H, GLYPH_W, text_mask
+from osora.data.synth_shapes import coverage
 from osora.data.synth_vocab import (
     BACKGROUND_WORDS,
     BACKGROUNDS,
@@ -468,26 +469,10 @@ def _draw_shape(background: np.ndarray, shot: Shot, t: int, offset: int) -> np.n
     y0, x0 = max(0, int(cy) - reach), max(0, int(cx) - reach)
     y1, x1 = min(frame.shape[0], int(cy) + reach + 1), min(frame.shape[1], int(cx) + reach + 1)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)  # (h, w) each
-    dist = _signed_distance(shot.shape, xx + 0.5 - cx, yy + 0.5 - cy, shot.size_px / 2)
-    alpha = np.clip(0.5 - dist, 0, 1)[..., None]  # (h, w, 1) pixel coverage
+    alpha = coverage(shot.shape, xx + 0.5 - cx, yy + 0.5 - cy, shot.size_px / 2)[..., None]
     colour = np.array(COLOURS[shot.colour], np.float32)  # (3,)
     frame[y0:y1, x0:x1] = frame[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
     return frame
-
-
-def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """Distance (px) from each pixel centre to the shape's edge, negative inside."""
-    if shape == "circle":
-        return np.sqrt(dx * dx + dy * dy) - r
-    if shape == "square":
-        return np.maximum(np.abs(dx), np.abs(dy)) - r
-    if shape == "diamond":
-        return (np.abs(dx) + np.abs(dy) - 1.2 * r) * np.float32(0.70710678)
-    if shape == "triangle":  # pointing up, circumradius 1.25 r; edges at distance 0.625 r
-        s = np.float32(0.8660254)  # sqrt(3)/2: the side edges' normals are (±s, -1/2)
-        side = np.maximum(s * dx, -s * dx) - 0.5 * dy
-        return np.maximum(dy, side) - 0.625 * r
-    raise ValueError(f"synth: unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
 def _box_blur(image: np.ndarray, width: int, passes: int) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""Prompt following on synth-style prompts: does a generated video show the prompt's shape
-colour, moving in the prompt's direction?
+"""Prompt following on synth-style prompts: does a generated video show the prompt's shape, in
+the prompt's colour, moving in the prompt's direction?
 
 The tiny pipeline trains on osora.data.synth's videos: one saturated shape moving in a straight
 line over a static, muted background, captioned "A cyan circle moves steadily diagonally up and
-to the right across a background of diagonal purple stripes. ...". So two facts of a prompt can
+to the right across a background of diagonal purple stripes. ...". So three facts of a prompt can
 be checked on pixels alone:
 
 - colour: `shape_colour` predicts the moving shape's colour from the frames only (never from
   the prompt), among the synth palette; `colour_correct` compares it with the prompt's colour.
+- shape: `predicted_shape` matches the outline of the prompt colour's moving pixels against
+  each synth shape drawn at the same centre and area (osora.data.synth_shapes).
 - direction: `motion_direction` tracks the centroid of the prompt colour's *moving* pixels;
   `direction_cosine` is the cosine between that velocity and the prompt's direction, and
   `direction_correct` says whether it lies in the prompt's 45° sector of the 8 directions.
@@ -17,8 +19,8 @@ them" class by a softmax over −d²/2σ² (d: RGB distance; "none" sits at dist
 Exact synth colours get weight ≈ 1, blurred or washed-out generated colours a partial weight,
 and far-off pixels (the muted backgrounds) ≈ 0, with no hard threshold for codec noise to flip.
 
-Only numpy is imported (and the synth set's vocabulary, osora.data.synth_vocab), so scoring
-runs anywhere.
+Only numpy is imported (and the synth set's vocabulary and shapes, osora.data.synth_vocab and
+synth_shapes), so scoring runs anywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from osora.data.synth_shapes import AREA_PER_R2, coverage
 from osora.data.synth_vocab import (
     BACKGROUND_WORDS,
     COLOURS,
@@ -47,6 +50,7 @@ SIGMA_RGB = 20.0  # softness of colour membership, RGB units
 REJECT_RGB = 80.0
 MIN_MOVING_FRACTION = 1e-3  # below this, nothing moves: colour falls back to the most abundant
 MIN_MASS_PX = 4.0  # a frame shows the colour when its moving membership sums to this many pixels
+MIN_SHAPE_MASS_PX = 20.0  # … and shows its outline when it sums to this many (a shape of ~5 px)
 MIN_SPEED_PX = 0.02  # px/frame: slower centroids count as static (no direction)
 SECTOR_COS = math.cos(math.radians(22.5))  # within the 8-way sector of the prompt's direction
 STATIC_QUANTILE = 0.1  # per-pixel low quantile over time taken as the static part of a colour
@@ -230,29 +234,41 @@ def _rivals(colour_rgb, palette: Mapping[str, tuple[int, int, int]] | None) -> n
     return np.array([colour_rgb, *others], np.float32)
 
 
+def moving_membership(
+    frames: np.ndarray,
+    colour_rgb: tuple[int, int, int],
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """(F, H, W): each pixel's membership in the colour minus its low quantile over time.
+
+    Static pixels of the colour (a background that resembles it) cancel, so what is left is
+    the colour where it moves. With a palette, pixels nearer another palette colour do not count
+    (a red shape is no orange one, though the two are only 100 apart).
+    """
+    frames = _check_frames(frames)
+    colours = _rivals(colour_rgb, palette)  # (K, 3), the colour at index 0
+    member = np.stack([_membership(_smoothed(f), colours)[..., 0] for f in frames])  # (F, H, W)
+    return np.maximum(member - np.quantile(member, STATIC_QUANTILE, axis=0), 0.0)
+
+
+def _centroids(moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of (F, H, W) weights: centroid (F, 2) as (x, y) at pixel centres, and mass (F,)."""
+    mass = moving.sum((1, 2))  # (F,)
+    yy, xx = np.mgrid[0 : moving.shape[1], 0 : moving.shape[2]]  # (H, W) each
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = (moving * (xx + 0.5)).sum((1, 2)) / mass  # (F,) pixel centres at +0.5
+        cy = (moving * (yy + 0.5)).sum((1, 2)) / mass
+    return np.stack([cx, cy], 1), mass
+
+
 def centroid_track(
     frames: np.ndarray,
     colour_rgb: tuple[int, int, int],
     palette: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
-    """Centroid (x, y) per frame of the colour's moving pixels, (F, 2), NaN where a frame shows
-    fewer than MIN_MASS_PX pixels of it.
-
-    Each pixel's membership minus its low quantile over time: static pixels of the colour (a
-    background that resembles it) cancel, and so cannot anchor the centroid in place. With a
-    palette, pixels nearer another palette colour do not count (a red shape is no orange one,
-    though the two are only 100 apart).
-    """
-    frames = _check_frames(frames)
-    colours = _rivals(colour_rgb, palette)  # (K, 3), the colour at index 0
-    member = np.stack([_membership(_smoothed(f), colours)[..., 0] for f in frames])  # (F, H, W)
-    moving = np.maximum(member - np.quantile(member, STATIC_QUANTILE, axis=0), 0.0)
-    mass = moving.sum((1, 2))  # (F,)
-    yy, xx = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]  # (H, W) each
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cx = (moving * (xx + 0.5)).sum((1, 2)) / mass  # (F,) pixel centres at +0.5
-        cy = (moving * (yy + 0.5)).sum((1, 2)) / mass
-    track = np.stack([cx, cy], 1)  # (F, 2)
+    """Centroid (x, y) per frame of the colour's moving pixels (`moving_membership`), (F, 2),
+    NaN where a frame shows fewer than MIN_MASS_PX pixels of it."""
+    track, mass = _centroids(moving_membership(frames, colour_rgb, palette))
     track[mass < MIN_MASS_PX] = np.nan
     return track
 
@@ -282,6 +298,47 @@ def motion_direction(
 
 
 # ---------------------------------------------------------------------------------------------
+# Shape.
+
+
+def shape_scores(
+    frames: np.ndarray,
+    colour_rgb: tuple[int, int, int],
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
+) -> dict[str, float]:
+    """Per synth shape, how well it matches the colour's moving pixels: the mean over frames
+    (those with at least MIN_SHAPE_MASS_PX of moving membership) of the soft IoU
+    Σ min(m, t) / Σ max(m, t) between the frame's moving membership m (`moving_membership`) and
+    the shape's coverage t, drawn as synth draws it at the frame's centroid with the frame's
+    moving area. Matching area and centre leaves only the outline to compare, so a blurred or
+    shrunken shape still matches its own outline best. {} when no frame shows enough.
+    """
+    moving = moving_membership(frames, colour_rgb, palette)  # (F, H, W)
+    centres, mass = _centroids(moving)  # (F, 2), (F,)
+    yy, xx = np.mgrid[0 : moving.shape[1], 0 : moving.shape[2]].astype(np.float32)
+    ious: dict[str, list[float]] = {shape: [] for shape in SHAPES}
+    for m, (cx, cy), area in zip(moving, centres, mass):
+        if area < MIN_SHAPE_MASS_PX:
+            continue
+        dx, dy = xx + 0.5 - cx, yy + 0.5 - cy  # (H, W) each
+        for shape in SHAPES:
+            t = coverage(shape, dx, dy, math.sqrt(area / AREA_PER_R2[shape]))  # (H, W)
+            ious[shape].append(float(np.minimum(m, t).sum() / np.maximum(m, t).sum()))
+    return {shape: float(np.mean(v)) for shape, v in ious.items() if v}
+
+
+def predicted_shape(
+    frames: np.ndarray,
+    colour_rgb: tuple[int, int, int],
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
+) -> str | None:
+    """The synth shape that best matches the colour's moving pixels (`shape_scores`); None when
+    no frame shows enough of the colour moving."""
+    scores = shape_scores(frames, colour_rgb, palette)
+    return max(scores, key=scores.get) if scores else None
+
+
+# ---------------------------------------------------------------------------------------------
 # Scores.
 
 
@@ -292,6 +349,8 @@ def score_video(
 
     colour_correct: the colour predicted from the frames alone is the prompt's colour.
     predicted_colour: that prediction.
+    shape_correct: the synth shape whose outline best matches the prompt colour's moving pixels
+        is the prompt's shape (`predicted_shape`, None when too little of the colour moves).
     direction_cosine: cosine between the measured motion of the prompt's colour (pixels
         nearer it than any other palette colour) and the prompt's direction, in [-1, 1];
         0.0 when the colour shows no measurable motion.
@@ -304,6 +363,7 @@ def score_video(
             f"({', '.join(palette)})"
         )
     predicted = shape_colour(frames, palette)
+    shape = predicted_shape(frames, palette[facts.colour], palette)
     measured = motion_direction(frames, palette[facts.colour], palette)
     cosine = 0.0
     if measured is not None:
@@ -311,25 +371,30 @@ def score_video(
     return {
         "colour_correct": predicted == facts.colour,
         "predicted_colour": predicted,
+        "shape_correct": shape == facts.shape,
+        "predicted_shape": shape,
         "direction_cosine": cosine,
         "direction_correct": cosine > SECTOR_COS,
     }
 
 
 def chance_levels(
-    palette_size: int = len(COLOURS), num_directions: int = len(DIRECTIONS)
+    palette_size: int = len(COLOURS), num_directions: int = len(DIRECTIONS),
+    num_shapes: int = len(SHAPES),
 ) -> dict[str, float]:
-    """Accuracy of guessing: colour 1/palette_size; direction 1/num_directions.
+    """Accuracy of guessing: colour 1/palette_size; direction 1/num_directions; shape
+    1/num_shapes.
 
     For direction this is also the chance of a uniformly random motion (e.g. noise) landing in
     the prompt's sector: the sector is 360°/8 = 45° wide.
     """
-    if palette_size < 1 or num_directions < 1:
+    if min(palette_size, num_directions, num_shapes) < 1:
         raise ValueError(
-            f"chance_levels: need palette_size and num_directions ≥ 1, got "
-            f"{palette_size} and {num_directions}"
+            f"chance_levels: need palette_size, num_directions and num_shapes ≥ 1, got "
+            f"{palette_size}, {num_directions} and {num_shapes}"
         )
-    return {"colour": 1.0 / palette_size, "direction": 1.0 / num_directions}
+    return {"colour": 1.0 / palette_size, "direction": 1.0 / num_directions,
+            "shape": 1.0 / num_shapes}
 
 
 def follow_rates(videos: list[tuple[str | object, str]]) -> dict[str, float]:
@@ -352,8 +417,10 @@ def follow_rates(videos: list[tuple[str | object, str]]) -> dict[str, float]:
         "scored": len(scores),
         "unscored": unscored,
         "colour_accuracy": sum(s["colour_correct"] for s in scores) / n,
+        "shape_accuracy": sum(s["shape_correct"] for s in scores) / n,
         "direction_accuracy": sum(s["direction_correct"] for s in scores) / n,
         "direction_cosine": sum(s["direction_cosine"] for s in scores) / n,
         "colour_chance": chance["colour"],
         "direction_chance": chance["direction"],
+        "shape_chance": chance["shape"],
     }

@@ -14,10 +14,12 @@ import pytest
 from osora.config import load_settings
 from osora.config.data import SynthParams
 from osora.data import synth
+from osora.data.synth_shapes import AREA_PER_R2, coverage
 from osora.eval.prompt_following import (
     COLOURS,
     DIRECTIONS,
     SECTOR_COS,
+    SHAPES,
     chance_levels,
     follow_rates,
     motion_direction,
@@ -117,6 +119,23 @@ def test_real_synth_videos_follow_their_prompts(videos):
     assert _accuracy(scores, "colour_correct") == 1.0, _failures(videos, scores)
     assert _accuracy(scores, "direction_correct") == 1.0, _failures(videos, scores)
     assert min(s["direction_cosine"] for s in scores) > 0.99
+    assert {v.shots[0].shape for v, _ in videos} == set(SHAPES)
+    assert [s["predicted_shape"] for s in scores] == [v.shots[0].shape for v, _ in videos]
+
+
+def test_a_prompt_naming_another_shape_is_caught(videos):
+    for video, frames in videos:
+        shape = video.shots[0].shape
+        for other in set(SHAPES) - {shape}:
+            score = score_video(frames, re.sub(rf"\b{shape}\b", other, video.caption, count=1))
+            assert not score["shape_correct"] and score["predicted_shape"] == shape
+
+
+def test_shape_areas_match_the_drawn_shapes():
+    # AREA_PER_R2 (by hand from the distance fields) against the rasterised coverage, r = 40 px.
+    yy, xx = np.mgrid[-128:128, -128:128].astype(np.float64) + 0.5
+    for shape, k in AREA_PER_R2.items():
+        assert coverage(shape, xx, yy, 40.0).sum() == pytest.approx(k * 40.0**2, rel=2e-3)
 
 
 def test_reversed_frames_move_against_the_prompt(videos):
@@ -184,11 +203,14 @@ def test_noise_videos_score_about_chance():
     chance = chance_levels()
     assert abs(_accuracy(scores, "colour_correct") - chance["colour"]) < 0.1
     assert abs(_accuracy(scores, "direction_correct") - chance["direction"]) < 0.15
+    # Noise has no coherent moving outline of the colour: rarely the prompt's square.
+    assert _accuracy(scores, "shape_correct") <= chance["shape"] + 0.15
 
 
 def test_chance_levels():
-    assert chance_levels() == {"colour": 1 / 8, "direction": 1 / 8}
-    assert chance_levels(palette_size=4, num_directions=2) == {"colour": 0.25, "direction": 0.5}
+    assert chance_levels() == {"colour": 1 / 8, "direction": 1 / 8, "shape": 1 / 4}
+    assert chance_levels(palette_size=4, num_directions=2, num_shapes=2) == {
+        "colour": 0.25, "direction": 0.5, "shape": 0.5}
     # The sector test is 45° wide: 1/8 of the circle.
     assert SECTOR_COS == pytest.approx(math.cos(math.pi / 8))
     with pytest.raises(ValueError, match="palette_size"):

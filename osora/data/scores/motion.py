@@ -28,14 +28,19 @@ class MotionScorer(ClipScorer):
     params: MotionParams
 
     def score(self, path: Path, clip: Row) -> dict[str, Any]:
-        from osora.media.ffmpeg import filter_metadata
+        return {"motion": vmaf_motion(path, self.params.analysis_width)}
 
-        width = self.params.analysis_width
-        # min(iw, W): downscale only; -2: the height that keeps the aspect ratio, even.
-        frames = filter_metadata(path, f"scale='min(iw,{width})':-2,vmafmotion")
-        scores = [float(f[SCORE_KEY]) for f in frames if SCORE_KEY in f]
-        if not scores:
-            raise ValueError("ffmpeg decoded no frames")
-        # The mean over every frame, the first one's 0 included: the same number ffmpeg logs
-        # as "VMAF Motion avg" (per-frame values come rounded to 0.01, the mean to ~0.005).
-        return {"motion": sum(scores) / len(scores)}
+
+def vmaf_motion(path: Path, analysis_width: int) -> float:
+    """The video's mean VMAF motion (module doc); also how osora.eval measures the motion of
+    generated videos against the motion score their prompt asked for."""
+    from osora.media.ffmpeg import filter_metadata
+
+    # min(iw, W): downscale only; -2: the height that keeps the aspect ratio, even.
+    frames = filter_metadata(path, f"scale='min(iw,{analysis_width})':-2,vmafmotion")
+    scores = [float(f[SCORE_KEY]) for f in frames if SCORE_KEY in f]
+    if not scores:
+        raise ValueError(f"{path}: ffmpeg decoded no frames")
+    # The mean over every frame, the first one's 0 included: the same number ffmpeg logs
+    # as "VMAF Motion avg" (per-frame values come rounded to 0.01, the mean to ~0.005).
+    return sum(scores) / len(scores)

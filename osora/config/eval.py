@@ -1,0 +1,57 @@
+"""params/eval.yaml: evaluation beyond the sample stage's prompt following (RECIPE §7) — the
+motion-control contrast of dit_sample and the VBench stage (osora.eval.vbench)."""
+
+from pydantic import Field, field_validator
+
+from osora.config.base import Params
+
+
+class MotionEvalParams(Params):
+    contrast_scores: list[float] = Field(description="motion scores at which the first "
+                                         "contrast_prompts eval prompts are also sampled")
+    contrast_prompts: int = Field(ge=0, description="0: no contrast, only each prompt's own "
+                                  "motion score")
+
+
+class VBenchParams(Params):
+    prompts: str = Field(min_length=1, description="VBench's prompt suite: a file in the "
+                         "format of VBench_full_info.json (prompt_en, dimension); relative "
+                         "paths from the project root")
+    dimensions: list[str] = Field(description="the dimensions to evaluate (VBench's names)")
+    max_prompts_per_dimension: int | None = Field(ge=1, description="null: the whole suite; "
+                                                  "else the first N prompts of each dimension")
+    videos_per_prompt: int = Field(ge=1, description="VBench's standard protocol: 5")
+    seed: int = Field(ge=0, description="video i of a prompt uses seed + i (in its sidecar)")
+    executable: str | None = Field(description="VBench in its own environment, e.g. "
+                                   "/opt/vbench/.venv/bin/vbench; null: only the dimensions "
+                                   "osora computes itself")
+    weights: dict[str, str | None] = Field(description="local paths of VBench's models "
+                                           "(osora/eval/vbench_weights.py CACHE_PATHS); a "
+                                           "dimension runs only when all it needs are given")
+    timeout_s: float = Field(gt=0, description="per dimension run of VBench")
+
+    @field_validator("dimensions")
+    @classmethod
+    def _known_dimensions(cls, names: list[str]) -> list[str]:
+        from osora.eval.vbench_score import DIMENSIONS
+
+        unknown = [n for n in names if n not in DIMENSIONS]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"dimensions: {unknown or 'a repeated name'}; each once, from "
+                             f"{', '.join(DIMENSIONS)}")
+        return names
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, weights: dict[str, str | None]) -> dict[str, str | None]:
+        from osora.eval.vbench_weights import CACHE_PATHS
+
+        unknown = sorted(set(weights) - set(CACHE_PATHS))
+        if unknown:
+            raise ValueError(f"weights: unknown {unknown}; known: {', '.join(CACHE_PATHS)}")
+        return weights
+
+
+class EvalParams(Params):
+    motion: MotionEvalParams
+    vbench: VBenchParams
