@@ -1,1 +1,2 @@
-"""Evaluation: reconstruction metrics of the autoencoders (PSNR, SSIM, LPIPS), and more."""
+"""Evaluation: AE reconstruction metrics, prompt following and motion control of generated
+videos, VBench (suite, external tool, summary scores), human-preference studies."""
