@@ -7,6 +7,8 @@
     osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
     osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   RECIPE Table 3 from runs / ahead
     osora tune buckets [--profile paper] [--dry-run]   per-bucket batch sizes → params/buckets.yaml
+    osora eval study|serve|analyze …   blinded pairwise human-preference studies (RECIPE §7)
+    osora report [--run ID …] [--stage NAME …] [--out reports/runs.html]   compare MLflow runs
 """
 
 import argparse
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.set_defaults(func=_results)
 
     from osora.commands.cost import add_parser as add_cost
+    from osora.commands.eval import add_parser as add_eval
+    from osora.commands.report import add_parser as add_report
     from osora.commands.sample import add_parser as add_sample
     from osora.commands.tune import add_parser as add_tune
     from osora.commands.weights import add_parser as add_weights
@@ -104,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights(sub)
     add_cost(sub)
     add_tune(sub)
+    add_eval(sub)
+    add_report(sub)
     return parser
 
 

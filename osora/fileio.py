@@ -1,5 +1,6 @@
 """Atomic file writes: a crash leaves the old file or the new one, never half of either."""
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -38,3 +39,15 @@ def atomic_write_json(path: Path, value: object) -> None:
     import json
 
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB pieces: how osora names weights and media by content."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -112,6 +112,17 @@ class StageRun:
             f"lance.input.{ref.table}.uri": ref.uri,
         })
 
+    def log_weights(self, path: Path, role: str) -> None:
+        """Record a weights file this run read or wrote by content: tag
+        `weights.<role>.sha256`, role "output" for what it trains, e.g. "input.init" or
+        "input.checkpoint" for what it starts from or evaluates. Reports follow these hashes
+        from an evaluation back to the training runs behind it (osora/report/evals.py)."""
+        import mlflow
+        from osora.fileio import file_sha256
+
+        mlflow.set_tags({f"weights.{role}.sha256": file_sha256(path),
+                         f"weights.{role}.path": str(path)})
+
     def read_input(self, store: "Store", receipt: Path, table: str) -> "pa.Table":
         """The version of `table` that an upstream stage's receipt pins, logged as this run's
         input: every stage reads exactly what the DVC graph says it depends on."""

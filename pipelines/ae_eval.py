@@ -36,6 +36,8 @@ def main() -> None:
         held_out = sorted(held_out, key=lambda r: r["id"])[: ev.max_clips]
         videos = decode_clips(store, held_out, ev.short_side, ev.frames)
         ae = load_autoencoder(params, args.weights, ev.device)
+        if params.autoencoder.kind == "dcae":  # the one trained here, or params' file
+            run.log_weights(Path(params.autoencoder.weights or args.weights), "input.checkpoint")
         lpips = None
         if ev.lpips_trunk and ev.lpips_heads:
             from osora.models.lpips import LPIPS

@@ -76,6 +76,7 @@ def main() -> None:
         weights = objective.exported_weights()  # collective: every rank calls
         if dist.rank == 0:
             save_dcae(weights, args.out / WEIGHTS_FILE, ae.config)
+            run.log_weights(args.out / WEIGHTS_FILE, "output")
             metrics = {**result.summary(), "train_clips": len(train_rows) - windows.skipped,
                        "held_out_clips": len(held_out),
                        "parameters": sum(p.numel() for p in ae.parameters())}

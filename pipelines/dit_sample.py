@@ -49,6 +49,7 @@ def main() -> None:
     store = Store.from_settings(settings.store)
     tables = sorted({f"latents_{s.latents}" for s in settings.dit.train.stages.values()})
     with stage_run(STAGE, settings, PARAMS, device=settings.dit.sample.device) as run:
+        run.log_weights(args.checkpoint, "input.checkpoint")
         missing = [t for t in tables if t not in read_receipt(args.latents)]
         if missing:
             raise SystemExit(f"dit_sample: {args.latents} has no table {missing}")

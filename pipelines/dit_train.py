@@ -43,6 +43,7 @@ def main() -> None:
         bucket_rules,
         build_objective,
         exported_model,
+        init_weights,
         initial_model,
         loop_settings,
         stage_weights,
@@ -83,6 +84,9 @@ def main() -> None:
             image_dropout=cond.image_dropout)
         prefetch = Prefetcher(batches, device=device)
         model = initial_model(params, args.stage, args.models).to(device)
+        init = init_weights(params, args.stage, args.models)
+        if init is not None and dist.rank == 0:
+            run.log_weights(init, "input.init")
         objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
         ref = read_receipt(args.latents)[table]
@@ -105,6 +109,7 @@ def main() -> None:
             export = exported_model(params, weights)
             save_mmdit(export, stage_weights(args.models, args.stage),
                        text_encoder=text_encoder.identity)
+            run.log_weights(stage_weights(args.models, args.stage), "output")
             metrics = {**result.summary(), "train_clips": len(rows),
                        "parameters": sum(p.numel() for p in export.parameters())}
             curve.finish(metrics, args.metrics, args.curve)

@@ -39,6 +39,7 @@ def main() -> None:
     entries = load_suite(root / params.prompts)
     prompts = select_prompts(entries, params.dimensions, params.max_prompts_per_dimension)
     with stage_run(STAGE, settings, PARAMS, device=settings.dit.sample.device) as run:
+        run.log_weights(args.checkpoint, "input.checkpoint")
         request = SampleRequest([p.text for p in prompts], args.checkpoint, args.videos, "t2v",
                                 autoencoder=args.autoencoder,
                                 overrides={"seed": params.seed,

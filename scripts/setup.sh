@@ -4,6 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Headless Chromium for the rating page's browser test (tests/eval/study): Debian's packages,
+# whose chromedriver matches the browser's version.
+if [ ! -x /usr/bin/chromedriver ]; then
+  apt_get=(env DEBIAN_FRONTEND=noninteractive apt-get -qq)
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then apt_get=(sudo "${apt_get[@]}"); else apt_get=(); fi
+  fi
+  if [ ${#apt_get[@]} -eq 0 ] || ! { "${apt_get[@]}" update \
+      && "${apt_get[@]}" install -y chromium chromium-driver >/dev/null; }; then
+    echo "warning: could not install Debian's chromium + chromium-driver (needs root or sudo);" \
+         "the browser test in tests/eval/study will fail" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

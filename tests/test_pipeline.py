@@ -210,4 +210,9 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     assert vbench["evaluated"] == 1 and vbench["not_evaluated"] == 15
     assert 0.5 < vbench["temporal_flickering"] <= 1.0 and "total" not in vbench
     assert (clone / "samples" / "vbench" / "In a still frame, a stop sign-1.mp4").is_file()
+
+    # the runs report: dit_sample linked by weights hashes to the three DiT stages
+    report = (clone / "reports" / "runs.html").read_text()
+    assert "vbench/temporal_flickering" in report and "data:image/png;base64," in report
+    assert all(f"dit_stage{i}" in report for i in (1, 2, 3))
     assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from osora.data.clip_file import with_clip_file
 from osora.data.operator import Operator, OperatorError, Row
+from osora.fileio import file_sha256
 from osora.train.buckets import Bucket, BucketSpec, parse_ratio
 
 if TYPE_CHECKING:
@@ -75,21 +76,6 @@ def autoencoder_spec(ae: AEParams) -> AutoencoderSpec:
 def weights_path(ae: AEParams, trained: str | Path) -> Path:
     """The weights file the AE loads from: the configured checkpoint, else ae_train's DC-AE."""
     return Path(ae.autoencoder.weights or trained)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in 1 MiB pieces; FileNotFoundError naming the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"AE weights {path} not found: run ae_train (dvc repro ae_train) or set "
-            "params/ae.yaml autoencoder.weights"
-        )
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_sha256(*modules: str) -> str:
@@ -217,6 +203,9 @@ class LatentEncoder(Operator):
             except ValueError as err:
                 raise ValueError(f"params/ae.yaml latents.tile: {err}") from None
         self.weights = str(weights_path(ae, trained))
+        if not Path(self.weights).is_file():
+            raise FileNotFoundError(f"AE weights {self.weights} not found: run ae_train (dvc "
+                                    "repro ae_train) or set params/ae.yaml autoencoder.weights")
         self.ae_sha256 = file_sha256(self.weights)
         self.spec = spec
         self._store_settings = store

@@ -65,7 +65,7 @@ def run_sampling(settings, request: SampleRequest, *, root: Path, progress: bool
                  ) -> list[Path]:
     """Render every prompt × num_samples; returns the mp4 paths in order."""
     from osora.config.dit import SampleParams
-    from osora.data.latents import file_sha256
+    from osora.fileio import file_sha256
     from osora.models.text import EmbeddingCache, build_text_encoder
     from osora.prompts import conditioned_text
     from osora.weights.autoencoder import load_autoencoder

@@ -29,14 +29,22 @@ def stage_weights(models_root: Path, stage: str) -> Path:
     return Path(models_root) / stage / WEIGHTS_FILE
 
 
+def init_weights(params, stage: str, models_root: Path) -> Path | None:
+    """The weights file the stage starts from (an earlier stage's or a path); None: fresh."""
+    init = params.train.stages[stage].init
+    if init is None:
+        return None
+    return stage_weights(models_root, init) if init in params.train.stages else Path(init)
+
+
 def initial_model(params, stage: str, models_root: Path) -> MMDiT:
     """The stage's starting MMDiT on the CPU, in float32, in training mode."""
     config = mmdit_config(params.model)
     init = params.train.stages[stage].init
-    if init is None:
+    path = init_weights(params, stage, models_root)
+    if path is None:
         torch.manual_seed(params.train.seed)
         return MMDiT(config).train()
-    path = stage_weights(models_root, init) if init in params.train.stages else Path(init)
     if not path.is_file():
         raise FileNotFoundError(f"stage {stage} starts from {init}: {path} does not exist; "
                                 f"run that stage first (dvc repro dit_{init}) or fix "

@@ -232,3 +232,20 @@ def test_temporal_flickering_equals_real_vbench(videos, tmp_path):
 def test_every_dimension_has_its_weights_listed():
     assert list(NEEDS) == list(DIMENSIONS)
     assert {w for names in NEEDS.values() for w in names} == set(CACHE_PATHS)
+
+
+def test_cli_scores_a_folder_of_vbench_videos(videos, tmp_path, monkeypatch, capsys):
+    from osora.cli import main
+
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps(SUITE))
+    monkeypatch.setenv("OSORA_EVAL__VBENCH__PROMPTS", str(suite))
+    monkeypatch.setenv("OSORA_EVAL__VBENCH__VIDEOS_PER_PROMPT", "2")
+    assert main(["eval", "vbench", str(videos), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert f"temporal_flickering: {report['scores']['temporal_flickering']:.4f} (osora)" in out
+    assert "total: not evaluated" in out
+    monkeypatch.setenv("OSORA_EVAL__VBENCH__VIDEOS_PER_PROMPT", "3")  # no prompt has index 2
+    assert main(["eval", "vbench", str(videos), "--out", str(tmp_path / "again")]) == 2
+    assert "4 of the suite's videos are missing" in capsys.readouterr().err

@@ -15,8 +15,8 @@ import torch
 
 from osora.cli import main
 from osora.config import load_settings
-from osora.data.latents import file_sha256
 from osora.diffusion.conditioning import CONDITION_KINDS
+from osora.fileio import file_sha256
 from osora.media.ffmpeg import ffmpeg_exe
 from osora.media.probe import probe
 from osora.models.dcae import DCAE
