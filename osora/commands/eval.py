@@ -84,15 +84,27 @@ def _add_analyze(what) -> None:
     p.add_argument("--reference", help="the model compared against each rival (default: the "
                                        "first --model of `osora eval study`)")
     p.add_argument("--bootstraps", type=int, default=2000, help="bootstrap resamples of the CIs")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the analysis as an "
+                   "MLflow run (stage human_study) of params/tracking.yaml's store")
+    p.add_argument("--profile", default="tiny", help="params profile (tracking store)")
     p.set_defaults(func=_analyze)
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from osora.eval.study.analysis import analyze_study, markdown
+    from osora.eval.study.analysis import analyze_study, flat_metrics, markdown
 
     result = analyze_study(args.study_dir, args.reference, args.bootstraps)
     print(markdown(result), end="")
     print(f"written: {args.study_dir / 'analysis.json'}, analysis.md, figure1.png")
+    if not args.no_mlflow:
+        from osora.config import load_settings
+        from osora.tracking import stage_run
+
+        with stage_run("human_study", load_settings(args.profile), "tracking") as run:
+            run.log_metrics(flat_metrics(result))
+            for name in ("analysis.json", "analysis.md", "figure1.png"):
+                run.log_artifact(args.study_dir / name)
+            print(f"MLflow run {run.run_id} (stage human_study)")
     return 0
 
 

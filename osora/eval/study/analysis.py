@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,29 @@ def _rates(table: np.ndarray, n_boot: int, seed: int) -> dict:
         "rates": {o: float(r) for o, r in zip(OUTCOMES, rates)},
         "ci": {o: [float(lo), float(hi)] for o, lo, hi in zip(OUTCOMES, low, high)},
     }
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """The analysis as MLflow metrics: `study/<model>_vs_<rival>/<aspect>/<outcome>` rates and
+    their CI bounds (`…/<outcome>_low`, `_high`), `study/kappa/<aspect>`, `study/answers`;
+    undefined numbers (no ratings, kappa without two raters) are left out."""
+    def safe(name: str) -> str:  # MLflow metric names: alphanumerics and _ - . space : /
+        return re.sub(r"[^\w\-. :]", "_", name)
+
+    metrics: dict[str, float] = {"study/answers": result["n_answers"]}
+    for pair in result["pairs"]:
+        prefix = f"study/{safe(pair['model'])}_vs_{safe(pair['rival'])}"
+        for aspect, stats in pair["aspects"].items():
+            for outcome, rate in stats["rates"].items():
+                if rate is not None:
+                    low, high = stats["ci"][outcome]
+                    metrics.update({f"{prefix}/{aspect}/{outcome}": rate,
+                                    f"{prefix}/{aspect}/{outcome}_low": low,
+                                    f"{prefix}/{aspect}/{outcome}_high": high})
+    for aspect, agreement in result["kappa"].items():
+        if agreement["kappa"] is not None:
+            metrics[f"study/kappa/{aspect}"] = agreement["kappa"]
+    return metrics
 
 
 def _kappa(tables: list[np.ndarray]) -> dict:

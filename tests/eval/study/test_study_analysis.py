@@ -82,3 +82,23 @@ def test_analyze_study_writes_json_markdown_and_figure(fake_models, tmp_path):
     assert "| sekritalpha vs hiddenbeta | visual quality |" in (study / "analysis.md").read_text()
     assert (study / "analysis.json").is_file()
     assert (study / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flat_metrics_are_valid_mlflow_names_and_skip_undefined():
+    from osora.eval.study.analysis import flat_metrics
+
+    stats = {"rates": {"win": 0.5, "tie": None, "loss": 0.5},
+             "ci": {"win": [0.2, 0.8], "tie": [None, None], "loss": [0.2, 0.8]}}
+    result = {"n_answers": 4, "pairs": [{"model": "osora v2+", "rival": "sora(1)",
+                                         "aspects": {"visual_quality": stats}}],
+              "kappa": {"visual_quality": {"kappa": None}, "motion_quality": {"kappa": 0.25}}}
+    assert flat_metrics(result) == {
+        "study/answers": 4,
+        "study/osora v2__vs_sora_1_/visual_quality/win": 0.5,
+        "study/osora v2__vs_sora_1_/visual_quality/win_low": 0.2,
+        "study/osora v2__vs_sora_1_/visual_quality/win_high": 0.8,
+        "study/osora v2__vs_sora_1_/visual_quality/loss": 0.5,
+        "study/osora v2__vs_sora_1_/visual_quality/loss_low": 0.2,
+        "study/osora v2__vs_sora_1_/visual_quality/loss_high": 0.8,
+        "study/kappa/motion_quality": 0.25,
+    }

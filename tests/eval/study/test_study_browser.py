@@ -144,7 +144,7 @@ def _nearest_model(colour: tuple[int, ...]) -> str:
 
 
 def test_two_raters_resume_after_reload_and_server_kill_then_analysis(fake_models, browser,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     study = tmp_path / "study"
     assert main(["eval", "study", "--model", f"{REFERENCE}={fake_models[REFERENCE]}",
                  "--model", f"{RIVAL}={fake_models[RIVAL]}", "--out", str(study),
@@ -193,6 +193,7 @@ def test_two_raters_resume_after_reload_and_server_kill_then_analysis(fake_model
     finally:
         server.stop()
 
+    uri = _tracking_store(tmp_path, monkeypatch)
     assert main(["eval", "analyze", str(study), "--bootstraps", "200"]) == 0
     result = json.loads((study / "analysis.json").read_text())
     (pair,) = result["pairs"]
@@ -214,3 +215,28 @@ def test_two_raters_resume_after_reload_and_server_kill_then_analysis(fake_model
     assert result["kappa"]["visual_quality"]["kappa"] == pytest.approx(-0.2)
     assert result["raters"] == ["rater-1", "rater-2"]
     assert (study / "figure1.png").is_file()
+    # logged as an MLflow run of stage human_study, with the same numbers and the files
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("osora").experiment_id])
+    assert run.data.tags["osora.stage"] == "human_study"
+    prefix = f"study/{REFERENCE}_vs_{RIVAL}"
+    assert run.data.metrics[f"{prefix}/visual_quality/win"] == pytest.approx(5 / 6)
+    assert run.data.metrics["study/kappa/motion_quality"] == pytest.approx(-1.0)
+    assert run.data.metrics["study/answers"] == len(given)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"analysis.json", "analysis.md", "figure1.png"} <= logged
+
+
+def _tracking_store(tmp_path: Path, monkeypatch) -> str:
+    """A throwaway MLflow store for `osora eval analyze` (artifacts in tmp_path too)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("osora", artifact_location=(tmp_path / "art").as_uri())
+    monkeypatch.setenv("OSORA_TRACKING__URI", uri)
+    monkeypatch.setenv("OSORA_TRACKING__EXPERIMENT", "osora")
+    for var in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    return uri
