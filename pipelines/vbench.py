@@ -30,14 +30,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from osora.eval.vbench import evaluate, flat_metrics
-    from osora.eval.vbench_suite import load_suite, select_prompts
+    from osora.eval.vbench_suite import suite_for
     from osora.sample.run import SampleRequest, run_sampling
 
     settings = load_settings()
     params = settings.eval.vbench
     root = project_root()
-    entries = load_suite(root / params.prompts)
-    prompts = select_prompts(entries, params.dimensions, params.max_prompts_per_dimension)
+    entries, prompts = suite_for(params, root)
     with stage_run(STAGE, settings, PARAMS, device=settings.dit.sample.device) as run:
         run.log_weights(args.checkpoint, "input.checkpoint")
         request = SampleRequest([p.text for p in prompts], args.checkpoint, args.videos, "t2v",

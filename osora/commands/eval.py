@@ -120,19 +120,12 @@ def _add_vbench(what) -> None:
 
 def _vbench(args: argparse.Namespace) -> int:
     from osora.config import load_settings
-    from osora.eval.vbench import evaluate, video_names
-    from osora.eval.vbench_suite import load_suite, select_prompts
+    from osora.eval.vbench import evaluate
+    from osora.eval.vbench_suite import suite_for
     from osora.paths import project_root
 
     params = load_settings(args.profile).eval.vbench
-    entries = load_suite(project_root() / params.prompts)
-    prompts = select_prompts(entries, params.dimensions, params.max_prompts_per_dimension)
-    missing = [n for p in prompts for n in video_names(p.text, params.videos_per_prompt)
-               if not (args.videos / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{args.videos}: {len(missing)} of the suite's videos are "
-                                f"missing, e.g. {missing[0]!r}; sample every prompt "
-                                f"{params.videos_per_prompt}× (params/eval.yaml vbench)")
+    entries, prompts = suite_for(params, project_root())
     report = evaluate(params, entries, prompts, args.videos, args.out)
     for dim, score in report["scores"].items():
         print(f"{dim}: {score:.4f} ({report['source'][dim]})")

@@ -50,6 +50,12 @@ def evaluate(params, suite_entries: list[dict], prompts: list[SuitePrompt], vide
     Raises VBenchError after scoring every other dimension when a VBench run failed."""
     from osora.media.frames import read_video
 
+    missing = [n for p in prompts for n in video_names(p.text, params.videos_per_prompt)
+               if not (videos / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{videos}: {len(missing)} of the suite's videos are missing, "
+                                f"e.g. {missing[0]!r}; sample every prompt "
+                                f"{params.videos_per_prompt}× (params/eval.yaml vbench)")
     work.mkdir(parents=True, exist_ok=True)
     suite = work / "suite.json"
     atomic_write_json(suite, restricted_suite(suite_entries, prompts))

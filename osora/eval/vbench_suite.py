@@ -65,6 +65,12 @@ def select_prompts(entries: list[dict], dimensions: list[str],
     return [SuitePrompt(text, tuple(dims)) for text, dims in chosen.items()]
 
 
+def suite_for(params, root: Path) -> tuple[list[dict], list[SuitePrompt]]:
+    """params/eval.yaml vbench's suite (path relative to `root`) and the prompts it selects."""
+    entries = load_suite(root / params.prompts)
+    return entries, select_prompts(entries, params.dimensions, params.max_prompts_per_dimension)
+
+
 def restricted_suite(entries: list[dict], prompts: list[SuitePrompt]) -> list[dict]:
     """The suite as VBench must read it for this run: one entry per sampled prompt listing only
     the dimensions it was sampled for (so VBench looks for no video that was not made), with the
