@@ -83,8 +83,9 @@ function show(section) {
 async function api(path, body) {
   const init = body === undefined ? {} : {method: "POST",
     headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
-  const reply = await fetch(path, init);
-  const data = await reply.json();
+  const reply = await fetch(path, init);  // same origin: the server refuses any other
+  const json = (reply.headers.get("Content-Type") || "").startsWith("application/json");
+  const data = json ? await reply.json() : {error: (await reply.text()).trim()};
   if (!reply.ok) throw new Error(data.error || reply.statusText);
   return data;
 }

@@ -8,14 +8,20 @@
 
 Nothing else in the study folder is reachable: key.json never leaves the disk. It binds
 127.0.0.1; put a reverse proxy or an SSH tunnel in front to reach raters elsewhere.
+
+Like the MLflow UI, it answers only requests addressed to itself (`Host` is the bound address:
+DNS rebinding is refused) and stores an answer only from its own page (a same-origin JSON POST:
+another site's form or fetch in the rater's browser is refused), see `refusal`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import random
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +42,7 @@ class StudyServer(ThreadingHTTPServer):
 
     def __init__(self, study_dir: Path, address: tuple[str, int]):
         study_dir = Path(study_dir)
+        self.host = address[0]  # as asked (a name stays a name): what Host must say
         items = read_study_json(study_dir, ITEMS)["items"]
         self.items = {item["id"]: item for item in items}
         self.media = {name: study_dir / MEDIA / name
@@ -75,6 +82,20 @@ class StudyServer(ThreadingHTTPServer):
 class StudyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: <video> makes many range requests
     server: StudyServer
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, then `refusal` before any do_*: a refused request is
+        answered here and never reaches the handlers (nothing of it is stored)."""
+        if not super().parse_request():
+            return False
+        refused = refusal(self.command, self.headers, self.server.host, self.server.server_port)
+        if refused is None:
+            return True
+        status, why = refused
+        self.close_connection = True  # its body, if any, is left unread
+        self._send(status, f"{why}\n".encode(), "text/plain; charset=utf-8",
+                   {"Connection": "close", "Cache-Control": "no-store"})
+        return False
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -154,6 +175,56 @@ class StudyHandler(BaseHTTPRequestHandler):
                     left -= len(chunk)
         except (BrokenPipeError, ConnectionResetError):  # the player moved on (a seek)
             self.close_connection = True
+
+
+SAFE_METHODS = ("GET", "HEAD")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+SAME_SITE_FETCH = ("same-origin", "none")  # Sec-Fetch-Site of the page's own fetch / typed URL
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """The `Host` values that name this server: every loopback spelling when bound to
+    loopback (a rater may type any of them), else only the bound host itself."""
+    names = LOOPBACK_NAMES if _is_loopback(host) else (f"[{host}]" if ":" in host else host,)
+    return {f"{name}:{port}".lower() for name in names}
+
+
+def refusal(method: str, headers: Mapping[str, str], host: str,
+            port: int) -> tuple[HTTPStatus, str] | None:
+    """None when the request may be served, else (status, why), as the MLflow UI decides:
+
+    - `Host` must name this server, else a page on another domain that re-points its DNS at
+      127.0.0.1 (DNS rebinding) could read and write the study as if it were same-origin;
+    - a state-changing request must come from the server's own page: an `Origin` (browsers
+      send it on every POST) of this server, else, without Origin, a `Sec-Fetch-Site` of
+      same-origin or none; a request with neither is no browser's cross-site request (curl);
+    - and its body must be `application/json`: an HTML form cannot send that type, and a
+      cross-site fetch can only after a CORS preflight, which this server refuses.
+
+    `headers` is looked up by name (http.server's headers ignore case)."""
+    allowed = allowed_hosts(host, port)
+    if (headers.get("Host") or "").lower() not in allowed:
+        return HTTPStatus.FORBIDDEN, (f"refused: Host {headers.get('Host')!r} is not this "
+                                      f"server (use http://{min(allowed)}/)")
+    if method in SAFE_METHODS:
+        return None
+    origin, fetch_site = headers.get("Origin"), headers.get("Sec-Fetch-Site")
+    if origin is not None and origin.lower() not in {f"http://{name}" for name in allowed}:
+        return HTTPStatus.FORBIDDEN, f"refused: cross-origin {method} from {origin!r}"
+    if origin is None and fetch_site is not None and fetch_site not in SAME_SITE_FETCH:
+        return HTTPStatus.FORBIDDEN, f"refused: {fetch_site} {method} (Sec-Fetch-Site)"
+    media_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return HTTPStatus.UNSUPPORTED_MEDIA_TYPE, (f"refused: {method} body must be "
+                                                   f"application/json, not {media_type!r}")
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 _PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
