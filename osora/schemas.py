@@ -192,6 +192,9 @@ QUARANTINE = pa.schema(
         pa.field("id", pa.string(), nullable=False),  # the input row's key
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+        # Which code and params set it aside (the runner's work-log fingerprint): a rerun
+        # under another fingerprint retries it. Null where no operator was involved (ingest).
+        pa.field("fingerprint", pa.string()),
     ]
 )
 

@@ -1,6 +1,7 @@
 """DVC stage `captions`: a caption per clip from the configured captioner."""
 
 from osora.data.captions import CaptionOperator
+from osora.data.captions.operator import check_captioner_has_text
 from osora.data.runner import run_operator
 from osora.data.stage import publish, stage_cli
 from osora.tracking import stage_run
@@ -21,9 +22,11 @@ def main() -> None:
         # captioner and as a hint for the others.
         sources = videos.select(["id", "caption"]).rename_columns(["video_id", "source_caption"])
         inputs = clips.join(sources, "video_id", join_type="left outer").sort_by("id")
+        check_captioner_has_text(settings.data.captions, inputs)
         operator = CaptionOperator(settings.data.captions, settings.store)
         result = run_operator(operator, inputs, stage=STAGE, store=store,
-                              params=settings.data.runner)
+                              params=settings.data.runner,
+                              retry_quarantined=args.retry_quarantined)
         publish(run, store, {"captions": result.rows}, result, args.receipt, args.metrics)
 
 

@@ -22,7 +22,8 @@ def main() -> None:
         inputs = clip_inputs(videos, shots)
         cutter = ClipCutter(settings.data.clips, settings.store)
         result = run_operator(cutter, inputs, stage=STAGE, store=store,
-                              params=settings.data.runner)
+                              params=settings.data.runner,
+                              retry_quarantined=args.retry_quarantined)
         seconds = pc.sum(result.rows.column("duration_s")).as_py() or 0.0
         publish(run, store, {"clips": result.rows}, result, args.receipt, args.metrics,
                 {"videos": inputs.num_rows, "clip_seconds": round(seconds, 3)})

@@ -44,7 +44,7 @@ def main() -> None:
                       f"{latent_set.resolution} px, AE {settings.ae.autoencoder.kind} from "
                       f"{encoder.weights} (sha256 {encoder.ae_sha256[:12]})"])
             result = run_operator(encoder, clips, stage=f"{STAGE}_{name}", store=store,
-                                  params=runner)
+                                  params=runner, retry_quarantined=args.retry_quarantined)
             rows = result.rows
             stored = pc.sum(pc.binary_length(rows.column("latent"))).as_py() or 0
             metrics.update({

@@ -27,7 +27,8 @@ def main() -> None:
         if unavailable:
             say(run, [f"{unavailable}; filter off"])
         result = run_operator(scorer, clips, stage=stage, store=store,
-                              params=settings.data.runner)
+                              params=settings.data.runner,
+                              retry_quarantined=args.retry_quarantined)
         publish(run, store, {scorer.output_table: result.rows}, result, args.receipt,
                 args.metrics, {"evaluated": 0 if unavailable else 1})
 

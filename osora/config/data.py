@@ -21,9 +21,15 @@ class SynthParams(Params):
 
 
 class IngestParams(Params):
-    """Registering raw videos in the `videos` table (the source itself, a folder, glob,
-    manifest or s3:// prefix, is the stage's input argument, not a param)."""
+    """Registering raw videos in the `videos` table."""
 
+    sources: list[str] = Field(
+        min_length=1,
+        description="where the raw videos are, each a folder (searched recursively), a glob "
+        "such as 'raw/**/*.mp4', a .csv/.parquet manifest with a 'path' column (and optionally "
+        "'caption'), or an s3://bucket/prefix; relative paths are read against the project "
+        "folder",
+    )
     extensions: list[str] = Field(
         min_length=1,
         description="file suffixes taken as videos in folders, globs and s3:// prefixes, e.g. "
@@ -117,6 +123,27 @@ class RunnerParams(Params):
     workers: int = Field(ge=1, le=1024, description="worker processes (local backend)")
     timeout_s: float = Field(gt=0.0, description="per-row time limit; a slower row is quarantined")
     commit_every: int = Field(ge=1, description="rows per Lance commit: the unit of resumption")
+    retries: int = Field(
+        default=3, ge=0, le=20,
+        description="tries after the first for a row that hit a transient fault (timeout, "
+        "dropped connection); then the stage fails with the cause",
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, ge=0.0, description="wait before the first retry; doubles each time"
+    )
+    stop_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0,
+        description="stop the stage when one cause (reasons alike but for names and numbers) "
+        "quarantined this fraction of the rows done in the run, and at least stop_min_rows: a "
+        "broken environment, not bad input. 1.0 never stops",
+    )
+    stop_min_rows: int = Field(
+        default=8, ge=1, description="quarantines of one cause needed before stop_fraction applies"
+    )
+    lease_wait_s: float = Field(
+        default=600.0, ge=0.0,
+        description="how long a second run of a stage on the same store waits for the first",
+    )
     ray_address: str | None = Field(
         default=None, description="Ray cluster address (e.g. ray://head:10001); null: local Ray"
     )

@@ -16,7 +16,12 @@ another name, or in another place) adds nothing; such copies are counted as dupl
 keeps where the file is: an absolute local path or its s3:// URI. Objects in S3 are downloaded
 to a temporary file to be hashed and probed, then removed. A caption comes from the manifest,
 else from a sidecar `<stem>.txt` beside the video. A file that cannot be read as a video still
-gets a row, with `probe_error` saying why: nothing is dropped silently.
+gets a row, with `probe_error` saying why; a path that is no file at all (a broken link, a
+folder named like a video, a name that is not UTF-8, a file that cannot be opened) gets a
+`skipped` row (the `ingest_quarantine` table) with the reason: nothing is dropped silently.
+
+Growing a data set is cheap: a file whose uri is already in the `videos` table, with the same
+size and not modified since it was ingested, keeps its row without being read again (`known`).
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -63,54 +68,96 @@ class Candidate:
     caption: str | None = None
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A path a source named that is no file to ingest, and why."""
+
+    path: str
+    reason: str
+
+
+class IngestResult(NamedTuple):
+    rows: pa.Table  # `videos` rows, one per distinct content
+    duplicates: int  # files skipped because their content was already ingested
+    skipped: pa.Table  # `ingest_quarantine` rows: paths that are no readable file, with why
+    reused: int  # rows taken from `known` without reading the file again
+
+
 def ingest(
-    source: str | os.PathLike,
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
     extensions: Iterable[str],
     *,
     store_settings: StoreSettings | None = None,
-) -> tuple[pa.Table, int]:
-    """Rows for the `videos` table from `source` (see the module docstring), and the number of
-    files skipped because their content was already ingested under another name.
+    known: pa.Table | None = None,
+) -> IngestResult:
+    """Rows for the `videos` table from one source or several (see the module docstring).
 
-    `store_settings.s3` (endpoint, region, credentials) is used for s3:// sources; without it the
-    usual AWS environment variables and credential chain apply.
+    `known`: the current `videos` table; its rows are reused for unchanged files. The same
+    content named by two sources is one row (the first source's). `store_settings.s3`
+    (endpoint, region, credentials) is used for s3:// sources; without it the usual AWS
+    environment variables and credential chain apply.
     """
     files = Files(store_settings)
-    return video_rows(list_source(str(source), extensions, files), files)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    for source in sources:
+        found, bad = list_source(str(source), extensions, files)
+        candidates += found
+        skipped += bad
+    rows, duplicates, reused, unreadable = video_rows(candidates, files, known)
+    return IngestResult(rows, duplicates, skipped_table(skipped + unreadable), reused)
+
+
+def skipped_table(skipped: list[Skipped]) -> pa.Table:
+    """The `ingest_quarantine` rows (id = the path, as no content could be read)."""
+    unique = {s.path: s.reason for s in skipped}
+    return pa.table(
+        {"id": list(unique), "stage": ["ingest"] * len(unique), "reason": list(unique.values()),
+         "fingerprint": [None] * len(unique)},
+        schema=schema_of("ingest_quarantine"),
+    )
 
 
 # -- listing sources ---------------------------------------------------------------------------
 
 
-def list_source(source: str, extensions: Iterable[str], files: Files) -> list[Candidate]:
+def list_source(
+    source: str, extensions: Iterable[str], files: Files
+) -> tuple[list[Candidate], list[Skipped]]:
     """The files a source names, in a stable order (folder, glob and prefix listings sorted,
-    a manifest in its own order), so the first of several copies is always the one kept."""
+    a manifest in its own order), so the first of several copies is always the one kept; and
+    the paths with a video suffix that are no file to read."""
     if "://" in source:
-        return [Candidate(uri) for uri in files.list_s3(source, extensions)]
+        return [Candidate(uri) for uri in files.list_s3(source, extensions)], []
     path = Path(source).expanduser()
     if path.is_dir():
-        return [Candidate(str(p)) for p in find_videos(path, extensions)]
+        found, skipped = find_videos(path, extensions)
+        return [Candidate(str(p)) for p in found], skipped
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        return read_manifest(path)
+        return read_manifest(path), []
     if path.is_file():
         raise ValueError(
             f"ingest source {source!r} is a file but not a manifest "
             f"({' or '.join(MANIFEST_SUFFIXES)}): {SOURCE_HELP}"
         )
     if any(c in source for c in GLOB_CHARS):
-        return [Candidate(str(p)) for p in glob_videos(source, extensions)]
+        found, skipped = glob_videos(source, extensions)
+        return [Candidate(str(p)) for p in found], skipped
     raise FileNotFoundError(f"ingest source {source!r} does not exist: {SOURCE_HELP}")
 
 
-def find_videos(folder: Path, extensions: Iterable[str]) -> list[Path]:
-    """Video files directly or deeper under `folder`, in a stable order."""
+def find_videos(folder: Path, extensions: Iterable[str]) -> tuple[list[Path], list[Skipped]]:
+    """Video files directly or deeper under `folder`, in a stable order, and the paths with a
+    video suffix that are not readable files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"video folder {folder} does not exist; check the stage's input")
     return _video_files(folder.rglob("*"), extensions)
 
 
-def glob_videos(pattern: str, extensions: Iterable[str]) -> list[Path]:
+def glob_videos(pattern: str, extensions: Iterable[str]) -> tuple[list[Path], list[Skipped]]:
     """Video files matching a glob (`**` spans folders), in a stable order. A pattern that
     matches nothing is an error: it is far more often a typo than an empty data set."""
     matches = glob.glob(os.path.expanduser(pattern), recursive=True)
@@ -122,20 +169,32 @@ def glob_videos(pattern: str, extensions: Iterable[str]) -> list[Path]:
     return _video_files(map(Path, matches), extensions)
 
 
-def _video_files(paths: Iterable[Path], extensions: Iterable[str]) -> list[Path]:
-    """Absolute paths of the regular files among `paths` with a video suffix, sorted. Names
-    that are not valid UTF-8 cannot be stored as a `uri` string: they are skipped with a
-    warning naming them (rename them to ingest them)."""
+def _video_files(
+    paths: Iterable[Path], extensions: Iterable[str]
+) -> tuple[list[Path], list[Skipped]]:
+    """Absolute paths of the regular files among `paths` with a video suffix, sorted, and the
+    paths with a video suffix that cannot be ingested: a broken symbolic link, something that
+    is not a regular file (a folder named x.mp4), a name that is not valid UTF-8 (it cannot be
+    stored as a `uri` string; rename it)."""
     suffixes = {e.lower() for e in extensions}
-    found = []
+    found, skipped = [], []
     for path in paths:
-        if path.suffix.lower() not in suffixes or not path.is_file():
+        if path.suffix.lower() not in suffixes:
             continue
+        name = os.fsencode(path).decode("utf-8", errors="backslashreplace")
         if not _utf8(str(path)):
-            log.warning("skipping %r: its name is not valid UTF-8; rename it", os.fsencode(path))
-            continue
-        found.append(path.resolve())
-    return sorted(found)
+            skipped.append(Skipped(name, "the name is not valid UTF-8: rename the file"))
+        elif path.is_symlink() and not path.exists():
+            skipped.append(Skipped(name, f"broken symbolic link to {os.readlink(path)}"))
+        elif path.is_dir():
+            skipped.append(Skipped(name, "a folder named like a video, not a file"))
+        elif not path.is_file():
+            skipped.append(Skipped(name, "not a regular file (a device, pipe or socket)"))
+        else:
+            found.append(path.resolve())
+    for bad in skipped:
+        log.warning("ingest: skipping %s: %s", bad.path, bad.reason)
+    return sorted(found), skipped
 
 
 def read_manifest(path: Path) -> list[Candidate]:
@@ -270,6 +329,15 @@ class Files:
                 ) from None
             yield local
 
+    def stat(self, uri: str) -> tuple[int, datetime]:
+        """(size in bytes, last modification time in UTC) of a file or S3 object."""
+        if "://" not in uri:
+            st = os.stat(uri)
+            return st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)
+        info = self.s3.info(uri)
+        modified = info.get("LastModified") or datetime.now(timezone.utc)
+        return int(info["size"]), modified
+
     def sidecar_caption(self, uri: str) -> str | None:
         """The caption in <stem>.txt beside the file, if there is one."""
         if "://" not in uri:
@@ -301,28 +369,63 @@ def content_id(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def video_rows(candidates: Iterable[Candidate], files: Files | None = None) -> tuple[pa.Table, int]:
-    """Rows for the `videos` table and the number of files skipped as duplicate content."""
+def video_rows(
+    candidates: Iterable[Candidate], files: Files | None = None, known: pa.Table | None = None
+) -> tuple[pa.Table, int, int, list[Skipped]]:
+    """Rows for the `videos` table, the number of files skipped as duplicate content, the
+    number of rows reused from `known`, and the files that could not be read."""
     files = files or Files()
     now = datetime.now(timezone.utc)
-    rows, seen, duplicates = [], set(), 0
+    reusable = _by_uri(known)
+    rows, seen, duplicates, reused, unreadable = [], set(), 0, 0, []
     for candidate in candidates:
-        with files.local(candidate.uri) as local:
-            vid = content_id(local)
-            if vid in seen:
-                duplicates += 1
-                continue
-            seen.add(vid)
-            row = {
-                "id": vid,
-                "uri": candidate.uri,
-                "size_bytes": local.stat().st_size,
-                "ingested_at": now,
-                **_probe_columns(local, candidate.uri),
-            }
-        row["caption"] = candidate.caption or files.sidecar_caption(candidate.uri)
+        try:
+            row = _unchanged(reusable.get(candidate.uri), files.stat(candidate.uri))
+            if row is not None:  # the caption may have been edited: read it again
+                reused += 1
+                row = {**row, "caption": candidate.caption
+                       or files.sidecar_caption(candidate.uri)}
+            else:
+                row = _read_row(candidate, files, now)
+        except (PermissionError, IsADirectoryError) as err:
+            unreadable.append(Skipped(candidate.uri, f"cannot be read: {err.strerror or err}"))
+            continue
+        if row["id"] in seen:
+            duplicates += 1
+            continue
+        seen.add(row["id"])
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=schema_of("videos")), duplicates
+    return pa.Table.from_pylist(rows, schema=schema_of("videos")), duplicates, reused, unreadable
+
+
+def _read_row(candidate: Candidate, files: Files, now: datetime) -> dict[str, Any]:
+    """A new `videos` row: the file's bytes hashed and probed."""
+    with files.local(candidate.uri) as local:
+        row = {
+            "id": content_id(local),
+            "uri": candidate.uri,
+            "size_bytes": local.stat().st_size,
+            "ingested_at": now,
+            **_probe_columns(local, candidate.uri),
+        }
+    row["caption"] = candidate.caption or files.sidecar_caption(candidate.uri)
+    return row
+
+
+def _by_uri(known: pa.Table | None) -> dict[str, dict[str, Any]]:
+    if known is None or known.num_rows == 0:
+        return {}
+    return {row["uri"]: row for row in known.to_pylist()}
+
+
+def _unchanged(row: dict[str, Any] | None, stat: tuple[int, datetime]) -> dict[str, Any] | None:
+    """The known row when its file has the same size and was not modified after ingestion."""
+    if row is None:
+        return None
+    size, modified = stat
+    if row["size_bytes"] != size or row["ingested_at"] is None or modified > row["ingested_at"]:
+        return None
+    return row
 
 
 def _probe_columns(local: Path, uri: str) -> dict[str, Any]:

@@ -9,13 +9,32 @@ once.
     class MotionScorer(Operator):
         output_table = "score_motion"
         def process(self, row): return [{"id": row["id"], "motion": ...}]
+
+Errors say whose fault a failure is, and the runner acts on that (osora.data.runner):
+
+- `OperatorError`: the input row is bad (undecodable file, no video stream, no caption for this
+  clip). The row is quarantined with the reason and the stage goes on.
+- `EnvironmentFault`: the machine or a service is broken (missing binary, refused key, store
+  or endpoint unreachable, disk full). Nothing is recorded for the row; `transient` faults are
+  retried with backoff, and the stage then fails with the cause.
+- anything else is a bug: the stage fails at once with the traceback's last words.
+
+An OperatorError raised *from* an environment fault (e.g. a full disk while writing a clip) is
+treated as the fault: `environment_cause` looks through the exception chain.
 """
+
+from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any
 
-Row = dict[str, Any]
+from osora.errors import EnvironmentFault, environment_cause, is_transient
 
+__all__ = [
+    "EnvironmentFault", "Operator", "OperatorError", "Row", "environment_cause", "is_transient",
+]
+
+Row = dict[str, Any]
 
 class OperatorError(Exception):
     """This input row cannot be processed; `reason` says why. The runner quarantines the row

@@ -13,6 +13,21 @@ The fingerprint hashes the operator's class, source file and settings (`Operator
 so work done by other code or other params is never reused, while unchanged inputs of an
 updated input table are not recomputed. `_work/` is a cache: deleting it only costs time.
 
+What is logged, and what stops the stage (osora.data.operator says whose fault is what):
+- a bad row (OperatorError, or the per-row time limit) is logged as quarantined, with the
+  reason and the work log's fingerprint (the operator's code and params). Work logged under
+  another fingerprint is never reused, so a fix or a params change retries quarantined rows;
+  `retry_quarantined` retries them explicitly.
+- an environment fault (missing binary, refused key, unreachable service, full disk) is
+  retried with backoff when transient, then stops the stage with the cause; a bug stops it at
+  once. Nothing is logged for that row, so a rerun after the fix does it.
+- many quarantines of one cause (reasons alike but for names and numbers; `runner.stop_*`)
+  mean a broken environment rather than bad input: the stage stops and forgets them.
+
+A stage holds its lease in the store while it runs (osora.data.lease): a second run of it
+waits. Worker processes exit when the parent dies, and each run's temporary files live in one
+folder that is removed at the end (or by the next run, if the parent was killed).
+
 Backends: "local" is a spawn-based process pool (Lance, PyAV and torch are not fork-safe);
 "ray" runs the same operators on Ray Data, locally or on a cluster (`runner.ray_address`).
 """
@@ -22,13 +37,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,7 +57,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osora.data.operator import Operator, OperatorError, Row
+from osora.data.lease import stage_lease
+from osora.data.operator import (
+    Operator,
+    OperatorError,
+    Row,
+    environment_cause,
+    is_transient,
+)
 from osora.schemas import schema_of
 
 if TYPE_CHECKING:
@@ -47,17 +74,38 @@ if TYPE_CHECKING:
 # Work-log bookkeeping columns, added to the operator's output columns (made nullable).
 INPUT, STATUS, REASON = "_input", "_status", "_reason"
 OK, EMPTY, QUARANTINED = "ok", "empty", "quarantined"
+# A row that hit an environment fault or a bug: reported to the parent, never logged.
+FAILED = "failed"
 # An input in flight when a worker process died this many times is quarantined.
 MAX_CRASHES = 2
+
+
+class StageFailed(RuntimeError):
+    """The stage stopped: an environment fault, a bug, or too many quarantines of one cause.
+    The message names the cause and the fix; what finished before it stays in the work log."""
 
 
 @dataclass(frozen=True)
 class RunResult:
     rows: pa.Table  # the operator's output rows for every current input, output_table schema
-    quarantine: pa.Table  # (id, stage, reason) for each input set aside
+    quarantine: pa.Table  # (id, stage, reason, fingerprint) for each input set aside
     processed: int  # inputs done in this run
     resumed: int  # inputs found done in the work log and skipped
     seconds: float
+    retried: int = 0  # quarantined inputs forgotten by retry_quarantined and done again
+
+
+@dataclass(frozen=True)
+class RowPolicy:
+    """What a worker needs to run one row: its time limit and how to retry transient faults."""
+
+    timeout_s: float
+    retries: int
+    backoff_s: float
+
+    @classmethod
+    def of(cls, params: RunnerParams) -> RowPolicy:
+        return cls(params.timeout_s, params.retries, params.retry_backoff_s)
 
 
 def run_operator(
@@ -69,31 +117,44 @@ def run_operator(
     params: RunnerParams,
     key: str = "id",
     progress: bool = True,
+    retry_quarantined: bool = False,
 ) -> RunResult:
-    """Apply `op` to every row of `inputs` (unique `key`) and return all of its output."""
+    """Apply `op` to every row of `inputs` (unique `key`) and return all of its output.
+
+    Raises StageFailed when the environment is broken (see the module docstring)."""
     start = time.perf_counter()
     if key not in inputs.column_names:
         raise ValueError(f"stage {stage!r}: input has no key column {key!r}")
-    log = WorkLog(store, stage, fingerprint(op), schema_of(op.output_table))
-    done = log.done_keys()
-    is_done = pc.is_in(inputs.column(key), value_set=pa.array(done, pa.string()))
-    todo = inputs.filter(pc.invert(is_done))
-    rows = (todo.slice(i, 1).to_pylist()[0] for i in range(todo.num_rows))
-    backend = _map_local if params.backend == "local" else _map_ray
-    processed = 0
-    bar = _progress(todo.num_rows, stage, progress)
-    for batch in _batched(backend(op, rows, key, params), params.commit_every):
-        log.append(batch)
-        processed += len({r[INPUT] for r in batch})
-        bar.update(len({r[INPUT] for r in batch}))
-    bar.close()
-    output, quarantine = log.result(inputs.column(key), stage)
+    with stage_lease(store, stage, wait_s=params.lease_wait_s), run_temp_dir(stage):
+        log = WorkLog(store, stage, fingerprint(op), schema_of(op.output_table))
+        log.repair()
+        retried = log.forget(inputs.column(key), QUARANTINED) if retry_quarantined else 0
+        is_done = pc.is_in(inputs.column(key), value_set=pa.array(log.done_keys(), pa.string()))
+        todo = inputs.filter(pc.invert(is_done))
+        rows = (todo.slice(i, 1).to_pylist()[0] for i in range(todo.num_rows))
+        backend = _map_local if params.backend == "local" else _map_ray
+        bar = _progress(todo.num_rows, stage, progress)
+        guard = QuarantineGuard(stage, params)
+        processed = 0
+        results = backend(op, rows, key, params)
+        try:
+            for batch in _committed_batches(results, params.commit_every, stage):
+                log.append(batch)
+                inputs_done = len({r[INPUT] for r in batch})
+                processed += inputs_done
+                bar.update(inputs_done)
+                guard.check(batch, log)
+        finally:
+            results.close()  # a stopped stage does not wait for the rows still in flight
+            bar.close()
+        output, quarantine = log.result(inputs.column(key), stage)
     return RunResult(
         rows=output,
         quarantine=quarantine,
         processed=processed,
         resumed=inputs.num_rows - todo.num_rows,
         seconds=time.perf_counter() - start,
+        retried=retried,
     )
 
 
@@ -133,6 +194,7 @@ class WorkLog:
 
     def __init__(self, store: Store, stage: str, fp: str, output_schema: pa.Schema):
         self.uri = f"{store.root}/_work/{stage}-{fp}.lance"
+        self.fingerprint = fp
         self.options = store.storage_options or None
         self.output_schema = output_schema
         self.schema = work_schema(output_schema)
@@ -160,6 +222,49 @@ class WorkLog:
         mode = "append" if self._dataset() is not None else "create"
         lance.write_dataset(table, self.uri, mode=mode, storage_options=self.options)
 
+    def repair(self) -> int:
+        """Remove inputs logged more than once (two runs at once, before stages held a lease):
+        each input keeps the rows of its first commit. Returns the rows removed."""
+        dataset = self._dataset()
+        if dataset is None:
+            return 0
+        # A commit writes new fragments, so a row's fragment (the high half of its row
+        # address) tells which commit logged it.
+        log = dataset.to_table(columns=[INPUT], with_row_address=True)
+        fragment = pc.shift_right(log.column("_rowaddr"), 32)
+        first = (
+            pa.table({INPUT: log.column(INPUT), "fragment": fragment})
+            .group_by(INPUT).aggregate([("fragment", "min")])
+        )
+        keep = {k: f for k, f in zip(first.column(INPUT).to_pylist(),
+                                      first.column("fragment_min").to_pylist())}
+        extra = [addr for name, frag, addr in zip(log.column(INPUT).to_pylist(),
+                                                   fragment.to_pylist(),
+                                                   log.column("_rowaddr").to_pylist())
+                 if frag != keep[name]]
+        if extra:
+            dataset.delete(f"_rowaddr IN ({', '.join(map(str, extra))})")
+            print(f"repaired work log {self.uri}: removed {len(extra)} rows logged twice",
+                  file=sys.stderr, flush=True)
+        return len(extra)
+
+    def forget(self, keys: pa.ChunkedArray | pa.Array | list[str], status: str) -> int:
+        """Delete the logged rows of these inputs that have `status`, so the next run does them
+        again. Returns the number of inputs forgotten."""
+        dataset = self._dataset()
+        if dataset is None:
+            return 0
+        keys = pa.chunked_array([keys]) if isinstance(keys, (list, pa.Array)) else keys
+        log = dataset.to_table(columns=[INPUT, STATUS])
+        hit = log.filter(pc.and_(pc.equal(log.column(STATUS), status),
+                                 pc.is_in(log.column(INPUT),
+                                          value_set=keys.combine_chunks().cast(pa.string()))))
+        names = sorted(set(hit.column(INPUT).to_pylist()))
+        if names:
+            quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
+            dataset.delete(f"{INPUT} IN ({quoted}) AND {STATUS} = '{status}'")
+        return len(names)
+
     def result(self, keys: pa.ChunkedArray, stage: str) -> tuple[pa.Table, pa.Table]:
         """Output rows and quarantine rows of the inputs in `keys` (inputs that left the input
         table since are dropped)."""
@@ -177,17 +282,69 @@ class WorkLog:
                 "id": bad.column(INPUT),
                 "stage": pa.array([stage] * bad.num_rows, pa.string()),
                 "reason": bad.column(REASON),
+                "fingerprint": pa.array([self.fingerprint] * bad.num_rows, pa.string()),
             },
             schema=schema_of(f"{stage}_quarantine"),
         )
         return output, quarantine
 
 
+# -- stopping on a shared cause ------------------------------------------------------------
+
+# Names (paths, URIs, ids) and numbers in a quarantine reason: "the same cause" ignores them.
+_SPECIFICS = re.compile(r"\S*[/\\]\S*|\b[0-9a-f]{8,}\b|\d+(?:\.\d+)?")
+
+
+def cause_of(reason: str) -> str:
+    """A quarantine reason without its specifics, e.g. "clip … (…) cannot be read: …"."""
+    return _SPECIFICS.sub("…", reason)[:300]
+
+
+class QuarantineGuard:
+    """Stops a run whose quarantines mostly share one cause: with every row failing alike, the
+    cause is the environment (a codec missing from this ffmpeg, a full cache), not the data."""
+
+    def __init__(self, stage: str, params: RunnerParams):
+        self.stage = stage
+        self.fraction = params.stop_fraction
+        self.min_rows = params.stop_min_rows
+        self.inputs: set[str] = set()
+        self.by_cause: dict[str, list[str]] = {}
+        self.example: dict[str, str] = {}
+
+    def check(self, batch: list[Row], log: WorkLog) -> None:
+        for row in batch:
+            self.inputs.add(row[INPUT])
+            if row[STATUS] == QUARANTINED:
+                cause = cause_of(row[REASON] or "")
+                self.by_cause.setdefault(cause, []).append(row[INPUT])
+                self.example.setdefault(cause, row[REASON] or "")
+        if self.fraction >= 1.0 or not self.by_cause:
+            return
+        cause, names = max(self.by_cause.items(), key=lambda item: len(item[1]))
+        if len(names) < self.min_rows or len(names) < self.fraction * len(self.inputs):
+            return
+        log.forget(names, QUARANTINED)  # not the rows' fault: a rerun after the fix redoes them
+        raise StageFailed(
+            f"stage {self.stage!r} stopped: {len(names)} of the {len(self.inputs)} rows done "
+            f"in this run were quarantined for one cause, e.g. {self.example[cause]!r}. That "
+            "looks like a broken environment rather than bad input, so they were not recorded; "
+            "fix the cause and rerun. If the inputs really are bad, raise runner.stop_fraction "
+            "(1.0 never stops)"
+        )
+
+
 # -- running one row --------------------------------------------------------------------------
 
 
-def process_row(op: Operator, row: Row, key: str, timeout_s: float) -> list[Row]:
-    """Work-log rows for one input: its output rows, an "empty" marker, or a quarantine row.
+class RowTimeout(Exception):
+    """The per-row time limit expired (not a TimeoutError: socket timeouts are those, and they
+    are the environment's fault, not the row's)."""
+
+
+def process_row(op: Operator, row: Row, key: str, policy: RowPolicy) -> list[Row]:
+    """Work-log rows for one input: its output rows, an "empty" marker, a quarantine row, or a
+    FAILED row (never logged) when the environment or the code failed.
 
     The time limit is a SIGALRM in the worker: it interrupts Python code and subprocess waits
     (subprocess.run kills its child when interrupted), so a stuck ffmpeg cannot hold a worker.
@@ -195,45 +352,89 @@ def process_row(op: Operator, row: Row, key: str, timeout_s: float) -> list[Row]
     is not enforced by the runner (operators still bound their own ffmpeg calls).
     """
     marker = {INPUT: str(row[key]), STATUS: EMPTY, REASON: None}
+    for attempt in range(policy.retries + 1):
+        try:
+            out = _timed(op, row, policy.timeout_s)
+        except RowTimeout as err:
+            return [{**marker, STATUS: QUARANTINED, REASON: f"timeout: {err}"}]
+        except Exception as err:  # noqa: BLE001 - sorted by whose fault it is below
+            fault = environment_cause(err)
+            if fault is None and isinstance(err, OperatorError):
+                return [{**marker, STATUS: QUARANTINED, REASON: err.reason}]
+            if fault is not None and is_transient(fault) and attempt < policy.retries:
+                time.sleep(policy.backoff_s * 2**attempt)
+                continue
+            return [{**marker, STATUS: FAILED, REASON: _failure(err, fault, attempt)}]
+        return [{**r, INPUT: marker[INPUT], STATUS: OK, REASON: None} for r in out] or [marker]
+    raise AssertionError("unreachable: the last attempt returns")
 
+
+def _timed(op: Operator, row: Row, timeout_s: float) -> list[Row]:
     def expire(signum, frame):
-        raise TimeoutError(f"took longer than the {timeout_s:g} s limit per row")
+        raise RowTimeout(f"took longer than the {timeout_s:g} s limit per row")
 
     timed = threading.current_thread() is threading.main_thread()
     if timed:
         previous = signal.signal(signal.SIGALRM, expire)
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        out = op.process(row)
-    except OperatorError as err:
-        return [{**marker, STATUS: QUARANTINED, REASON: err.reason}]
-    except TimeoutError as err:
-        return [{**marker, STATUS: QUARANTINED, REASON: f"timeout: {err}"}]
-    except Exception as err:  # noqa: BLE001 - one bad row must not stop the stage
-        reason = f"{type(err).__name__}: {err}".replace("\n", " ")[:2000]
-        return [{**marker, STATUS: QUARANTINED, REASON: reason}]
+        return op.process(row)
     finally:
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-    return [{**r, INPUT: marker[INPUT], STATUS: OK, REASON: None} for r in out] or [marker]
+
+
+def _failure(err: BaseException, fault: BaseException | None, attempt: int) -> str:
+    """Why a row failed the stage, for StageFailed: the environment's cause or the bug."""
+    words = f"{type(err).__name__}: {err}".replace("\n", " ")[:2000]
+    if fault is None:
+        return f"a bug, not bad input ({words})"
+    tries = f" after {attempt + 1} tries" if attempt else ""
+    cause = f"{type(fault).__name__}: {fault}".replace("\n", " ")[:2000]
+    return f"the environment failed{tries} ({cause})" + ("" if fault is err else f"; {words}")
 
 
 # -- local backend: a spawn process pool -------------------------------------------------------
 
 _WORKER_OP: Operator | None = None
+PARENT_CHECK_S = 0.5
 
 
 def _worker_init(op: Operator) -> None:
     global _WORKER_OP
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _exit_with_parent(os.getppid())
     op.setup()
     _WORKER_OP = op
 
 
-def _worker_run(row: Row, key: str, timeout_s: float) -> list[Row]:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker (and the ffmpeg or other children it started) once its parent is gone:
+    a killed stage must not leave workers holding models in memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        _kill_children()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _kill_children() -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def _worker_run(row: Row, key: str, policy: RowPolicy) -> list[Row]:
     assert _WORKER_OP is not None, "worker not initialised"
-    return process_row(_WORKER_OP, row, key, timeout_s)
+    return process_row(_WORKER_OP, row, key, policy)
 
 
 def _map_local(
@@ -244,37 +445,59 @@ def _map_local(
     crashes: dict[str, int] = {}
     pending: list[Row] = []  # inputs to (re)submit before taking new ones
     source = iter(rows)
+    policy = RowPolicy.of(params)
     while True:
-        with ProcessPoolExecutor(
-            params.workers, mp_context=get_context("spawn"), initializer=_worker_init,
-            initargs=(op,),
-        ) as pool:
-            inflight: dict[Future, Row] = {}
-            try:
-                while True:
-                    while len(inflight) < params.workers:
-                        row = pending.pop() if pending else next(source, None)
-                        if row is None:
-                            break
-                        inflight[pool.submit(_worker_run, row, key, params.timeout_s)] = row
-                    if not inflight:
-                        return
-                    finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        out = future.result()  # raises BrokenProcessPool if its worker died
-                        del inflight[future]
-                        yield out
-            except BrokenProcessPool:
-                # A worker died (segfault, out of memory): retry its inputs in a fresh pool,
-                # quarantining any that were in flight during repeated crashes.
-                for row in inflight.values():
-                    name = str(row[key])
-                    crashes[name] = crashes.get(name, 0) + 1
-                    if crashes[name] >= MAX_CRASHES:
-                        yield [{INPUT: name, STATUS: QUARANTINED,
-                                REASON: "worker process died while processing it"}]
-                    else:
-                        pending.append(row)
+        pool = ProcessPoolExecutor(params.workers, mp_context=get_context("spawn"),
+                                   initializer=_worker_init, initargs=(op,))
+        inflight: dict[Future, Row] = {}
+        try:
+            while True:
+                while len(inflight) < params.workers:
+                    row = pending.pop() if pending else next(source, None)
+                    if row is None:
+                        break
+                    inflight[pool.submit(_worker_run, row, key, policy)] = row
+                if not inflight:
+                    pool.shutdown()
+                    return
+                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    out = future.result()  # raises BrokenProcessPool if its worker died
+                    del inflight[future]
+                    yield out
+        except BrokenProcessPool:
+            # A worker died (segfault, out of memory): retry its inputs in a fresh pool,
+            # quarantining any that were in flight during repeated crashes.
+            _terminate(pool)
+            for row in inflight.values():
+                name = str(row[key])
+                crashes[name] = crashes.get(name, 0) + 1
+                if crashes[name] >= MAX_CRASHES:
+                    yield [{INPUT: name, STATUS: QUARANTINED,
+                            REASON: "worker process died while processing it"}]
+                else:
+                    pending.append(row)
+        except BaseException:
+            # The stage stops (a failed row, Ctrl-C, SIGTERM): do not wait for rows in flight.
+            _terminate(pool)
+            raise
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel queued work and kill its workers (and their children)."""
+    import psutil
+
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        try:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+        except psutil.Error:
+            pass
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
 
 
 # -- Ray Data backend --------------------------------------------------------------------------
@@ -283,14 +506,14 @@ def _map_local(
 class _RayRows:
     """A Ray Data map_batches callable: setup once per actor, one work-log list per row."""
 
-    def __init__(self, op: Operator, key: str, timeout_s: float, schema: pa.Schema):
+    def __init__(self, op: Operator, key: str, policy: RowPolicy, schema: pa.Schema):
         op.setup()
-        self.op, self.key, self.timeout_s, self.schema = op, key, timeout_s, schema
+        self.op, self.key, self.policy, self.schema = op, key, policy, schema
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[Row] = []
         for row in batch.to_pylist():
-            out.extend(process_row(self.op, row, self.key, self.timeout_s))
+            out.extend(process_row(self.op, row, self.key, self.policy))
         return pa.Table.from_pylist(out, schema=self.schema)
 
 
@@ -313,7 +536,8 @@ def _map_ray(
         return
     dataset = ray.data.from_items(materialised).map_batches(
         _RayRows,
-        fn_constructor_args=(op, key, params.timeout_s, work_schema(schema_of(op.output_table))),
+        fn_constructor_args=(op, key, RowPolicy.of(params),
+                             work_schema(schema_of(op.output_table))),
         batch_size=1,
         batch_format="pyarrow",
         concurrency=params.workers,
@@ -328,11 +552,23 @@ def _map_ray(
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _batched(results: Iterable[list[Row]], inputs_per_batch: int) -> Iterator[list[Row]]:
-    """Group per-input results so each commit holds whole inputs (never half of one's rows)."""
+def _committed_batches(
+    results: Iterable[list[Row]], inputs_per_batch: int, stage: str
+) -> Iterator[list[Row]]:
+    """Group per-input results so each commit holds whole inputs (never half of one's rows).
+    A FAILED input stops the stage: what finished before it is yielded (committed) first."""
     batch: list[Row] = []
     count = 0
     for rows in results:
+        failed = [r for r in rows if r[STATUS] == FAILED]
+        if failed:
+            if batch:
+                yield batch
+            raise StageFailed(
+                f"stage {stage!r} stopped at input {failed[0][INPUT]}: {failed[0][REASON]}. "
+                "Nothing was recorded for that input; the inputs finished before it are kept, "
+                "so a rerun after the fix resumes"
+            )
         batch.extend(rows)
         count += 1
         if count >= inputs_per_batch:
@@ -340,6 +576,52 @@ def _batched(results: Iterable[list[Row]], inputs_per_batch: int) -> Iterator[li
             batch, count = [], 0
     if batch:
         yield batch
+
+
+# Each run's temporary folder: osora-run-<pid>-<random> in the system's temporary directory.
+_RUN_DIR = re.compile(r"osora-run-(\d+)-")
+
+
+@contextmanager
+def run_temp_dir(stage: str) -> Iterator[Path]:
+    """One temporary folder for the run, its workers and their ffmpeg children (TMPDIR), removed
+    at the end. Folders of runs whose process is gone (killed) are removed first. SIGTERM ends
+    the run through the same clean-up as Ctrl-C."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob("osora-run-*"):
+        match = _RUN_DIR.match(old.name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"osora-run-{os.getpid()}-", dir=base))
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_term) if on_main else None
+    try:
+        yield path
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _progress(total: int, stage: str, enabled: bool):

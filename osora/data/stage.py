@@ -39,6 +39,11 @@ def stage_cli(
         parser.add_argument(f"--{name}", type=Path, required=True, help=what)
     parser.add_argument("--receipt", type=Path, required=True, help="receipt to write")
     parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics JSON to write")
+    parser.add_argument(
+        "--retry-quarantined", action="store_true",
+        help="process again the rows this stage quarantined under the same code and params "
+        "(rows set aside under other code or params are retried anyway)",
+    )
     if more:
         more(parser)
     args = parser.parse_args()
@@ -69,14 +74,33 @@ def publish(
             resumed=sum(r.resumed for r in results.values()),
             seconds=round(sum(r.seconds for r in results.values()), 3),
         )
+    dropped = []
     for name, table in tables.items():
-        version = store.sync(name, table, key="id", update_matched=True)
+        version, removed = sync_counted(store, name, table)
         run.log_output(store, name, version)
         out[f"rows.{name}"] = table.num_rows
+        if removed:
+            out[f"removed.{name}"] = removed
+            dropped.append(f"{removed} rows of {name}")
+    if dropped:  # their inputs left the input table (e.g. videos removed from a source)
+        say(run, [f"dropped {', '.join(dropped)} whose inputs are gone"])
     run.log_metrics(out)
     run.write_receipt(receipt)
     atomic_write_json(metrics_path, out)
     return out
+
+
+def sync_counted(store: Store, name: str, table: pa.Table) -> tuple[int, int]:
+    """Sync `table` into the store by id (osora.store.Store.sync); the new version and how many
+    rows left the table (their ids are no longer in `table`)."""
+    import pyarrow.compute as pc
+
+    before = store.read(name, columns=["id"]).column("id") if store.exists(name) else None
+    version = store.sync(name, table, key="id", update_matched=True)
+    if before is None:
+        return version, 0
+    kept = pc.is_in(before, value_set=table.column("id").combine_chunks())
+    return version, int(pc.sum(pc.invert(kept)).as_py() or 0)
 
 
 def say(run: StageRun, lines: list[str]) -> None:

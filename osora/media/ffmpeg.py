@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from osora.errors import EnvironmentFault
+
 STDERR_TAIL_LINES = 12
 _DEFAULT_FLAGS = ("-hide_banner", "-nostdin")
 # Bit-exact flags: no encoder version string, no creation time, no metadata copied from the
@@ -44,11 +46,25 @@ class FFmpegError(RuntimeError):
         super().__init__(f"ffmpeg failed (exit {returncode}) on {files}:\n{tail}")
 
 
+class FFmpegMissing(EnvironmentFault):
+    """The ffmpeg binary cannot be run: a broken installation, not a bad video."""
+
+
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped by imageio-ffmpeg."""
+    """Path of the ffmpeg binary shipped by imageio-ffmpeg (or IMAGEIO_FFMPEG_EXE); an
+    FFmpegMissing naming it when it is not an executable file."""
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    try:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as err:  # imageio-ffmpeg found no binary at all
+        raise FFmpegMissing(f"no ffmpeg binary: {err}; reinstall imageio-ffmpeg") from None
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        override = os.environ.get("IMAGEIO_FFMPEG_EXE")
+        hint = (f"IMAGEIO_FFMPEG_EXE is set to {override!r}: fix or unset it" if override
+                else "reinstall imageio-ffmpeg")
+        raise FFmpegMissing(f"the ffmpeg binary {exe} is not an executable file; {hint}")
+    return exe
 
 
 def run_ffmpeg(

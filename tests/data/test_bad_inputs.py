@@ -62,7 +62,7 @@ def verdicts(corpus) -> dict[str, tuple[dict, dict]]:
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        rows, duplicates = ingest(folder, settings.data.ingest.extensions)
+        rows, duplicates, *_ = ingest(folder, settings.data.ingest.extensions)
     finally:
         os.chdir(old)
     assert duplicates == 0  # every file has its own content

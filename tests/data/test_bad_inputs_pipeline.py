@@ -30,7 +30,7 @@ def test_corpus_through_shots_clips_scores_and_captions(tmp_path, monkeypatch):
     store = Store.from_settings(store_settings)
     runner = settings.data.runner.model_copy(update={"timeout_s": 60})
 
-    videos, _ = ingest(raw, [".mp4", ".mkv"])
+    videos = ingest(raw, [".mp4", ".mkv"]).rows
     assert videos.num_rows == len(corpus)
     verdicts = preprocess_table(videos, settings.data.preprocess)
     kept = verdicts.filter(verdicts.column("keep")).column("id").combine_chunks()

@@ -39,7 +39,7 @@ def _video(**overrides) -> dict:
 
 def test_synth_set_defects_are_dropped_with_their_reason(synth_set, settings, params):
     folder, videos = synth_set
-    rows, _ = ingest(folder, settings.data.ingest.extensions)
+    rows = ingest(folder, settings.data.ingest.extensions).rows
     table = preprocess_table(rows, params)
     verdicts = {Path(uri).name: v for uri, v in
                 zip(rows.column("uri").to_pylist(), table.to_pylist(), strict=True)}

@@ -8,7 +8,12 @@
 heavy dependencies (requests, transformers, torch) only when built.
 """
 
-from osora.data.captions.base import Captioner, CaptionerConfigError, CaptionError
+from osora.data.captions.base import (
+    Captioner,
+    CaptionerConfigError,
+    CaptionError,
+    CaptionerUnavailable,
+)
 from osora.data.captions.operator import INPUT_COLUMNS, CaptionOperator, build_captioner
 from osora.data.captions.prompt import PROMPT, PROMPT_VERSION, prompt_text
 
@@ -17,6 +22,7 @@ __all__ = [
     "PROMPT",
     "PROMPT_VERSION",
     "CaptionError",
+    "CaptionerUnavailable",
     "CaptionOperator",
     "Captioner",
     "CaptionerConfigError",

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from osora.data.operator import OperatorError
+from osora.data.operator import EnvironmentFault, OperatorError
 
 
 class CaptionError(OperatorError):
@@ -18,9 +18,14 @@ class CaptionError(OperatorError):
     reply). The operator quarantines the clip with the reason; it never invents a caption."""
 
 
-class CaptionerConfigError(RuntimeError):
+class CaptionerConfigError(EnvironmentFault):
     """The captioner itself is misconfigured (bad key, unknown model or URL): every clip would
     fail the same way, so the run stops instead of quarantining them all."""
+
+
+class CaptionerUnavailable(EnvironmentFault):
+    """The captioning endpoint did not answer (down, unreachable, overloaded) through every
+    retry: the run stops and records nothing for the clip, so a rerun captions it."""
 
 
 class Captioner(ABC):

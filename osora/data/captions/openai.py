@@ -28,6 +28,7 @@ from osora.data.captions.base import (
     Captioner,
     CaptionerConfigError,
     CaptionError,
+    CaptionerUnavailable,
     check_frames,
     clean_caption,
 )
@@ -45,10 +46,18 @@ class _RetryableReply(Exception):
     """A reply worth trying again: `reason` says what was wrong, `retry_after_s` what the
     server asked to wait (None: use the backoff)."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None):
+    def __init__(self, reason: str, retry_after_s: float | None = None, *,
+                 unreachable: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        # The endpoint did not answer, or said it is down or overloaded: no fault of the clip.
+        self.unreachable = unreachable
+
+
+# Replies that say the server (or a proxy before it) is down or overloaded, not that this
+# request is wrong; HTTP 500 may be either, so it quarantines the clip after the retries.
+_UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class OpenAICaptioner(Captioner):
@@ -97,12 +106,14 @@ class OpenAICaptioner(Captioner):
         assert self._session is not None and self._limiter is not None
         p = self.params
         failures: list[str] = []
+        unreachable = True
         for attempt in range(p.max_retries + 1):
             self._limiter.acquire()
             try:
                 return self._post_once(body)
             except _RetryableReply as err:
                 failures.append(err.reason)
+                unreachable = unreachable and err.unreachable
                 if attempt == p.max_retries:
                     break
                 server_wait = err.retry_after_s
@@ -115,6 +126,11 @@ class OpenAICaptioner(Captioner):
                     self._limiter.hold(server_wait)
                 else:
                     time.sleep(wait)
+        if unreachable:  # the endpoint is down: a broken environment, stop the stage
+            raise CaptionerUnavailable(
+                f"captioning endpoint {self.url} did not answer in {len(failures)} tries "
+                f"({'; '.join(failures)}); start it or fix captions.openai.base_url, then rerun"
+            )
         raise CaptionError(
             f"{self.url} gave no caption in {len(failures)} tries ({'; '.join(failures)}); "
             "check that the endpoint is up, speaks the OpenAI chat API and is not overloaded, "
@@ -128,12 +144,15 @@ class OpenAICaptioner(Captioner):
                 self.url, json=body, headers=self._headers(), timeout=self.params.timeout_s
             )
         except requests.Timeout:
-            raise _RetryableReply(f"no reply within {self.params.timeout_s:g} s") from None
+            raise _RetryableReply(f"no reply within {self.params.timeout_s:g} s",
+                                  unreachable=True) from None
         except requests.ConnectionError as err:
-            raise _RetryableReply(f"connection failed ({type(err).__name__})") from None
+            raise _RetryableReply(f"connection failed ({type(err).__name__})",
+                                  unreachable=True) from None
         status = reply.status_code
         if status == 429 or status >= 500:
-            raise _RetryableReply(f"HTTP {status}", retry_after(reply.headers.get("Retry-After")))
+            raise _RetryableReply(f"HTTP {status}", retry_after(reply.headers.get("Retry-After")),
+                                  unreachable=status in _UNAVAILABLE_STATUSES)
         if status in _CONFIG_STATUSES:
             raise CaptionerConfigError(
                 f"{self.url}: HTTP {status}, {_CONFIG_STATUSES[status]} ({_snippet(reply.text)}); "

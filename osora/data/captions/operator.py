@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from osora.config.data import CaptionsParams
 from osora.config.store import StoreSettings
@@ -42,6 +44,30 @@ def build_captioner(params: CaptionsParams) -> Captioner:
 
         return LocalCaptioner(params.local)
     raise ValueError(f"captions.backend {params.backend!r}: use sidecar, openai or local")
+
+
+def check_captioner_has_text(params: CaptionsParams, inputs: pa.Table) -> None:
+    """Stop before any work when the sidecar backend has nothing to give: clips whose source
+    video came without a caption would all be quarantined, and the pyramid would be empty
+    without saying why. Nothing is ever captioned with an invented text."""
+    if params.backend != "sidecar":
+        return
+    missing = inputs.filter(pc.is_null(inputs.column("source_caption")))
+    if missing.num_rows == 0:
+        return
+    videos = sorted(set(missing.column("video_id").to_pylist()))
+    raise ValueError(
+        f"captions: {missing.num_rows} of {inputs.num_rows} clips (from {len(videos)} videos, "
+        f"e.g. {videos[0]}) have no caption, and captions.backend is 'sidecar', which only "
+        "passes on the caption a video came with. Give captions one of three ways "
+        "(params/data.yaml):\n"
+        "  1. beside each video a <video stem>.txt, or a 'caption' column in an ingest "
+        "manifest (ingest.sources), then rerun ingest;\n"
+        "  2. captions.backend: openai with captions.openai.base_url pointing at an "
+        "OpenAI-compatible VLM server (vLLM, Ollama, a hosted Qwen2.5-VL);\n"
+        "  3. captions.backend: local with captions.local.model_path a local transformers VLM "
+        "folder"
+    )
 
 
 class CaptionOperator(Operator):
