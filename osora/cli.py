@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.set_defaults(func=_results)
 
     from osora.commands.cost import add_parser as add_cost
+    from osora.commands.data import add_parser as add_data
     from osora.commands.eval import add_parser as add_eval
     from osora.commands.report import add_parser as add_report
     from osora.commands.sample import add_parser as add_sample
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune(sub)
     add_eval(sub)
     add_report(sub)
+    add_data(sub)
     return parser
 
 

@@ -1,0 +1,60 @@
+"""A copy of this project as a fresh git + DVC repository, and running commands in it the way a
+user does (the virtualenv's dvc and osora on PATH, no DVC variables of an outer run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def sh(*cmd: str, cwd: Path, timeout: float = 1800, env: dict[str, str] | None = None) -> str:
+    """Run a command in `cwd` and return its stdout + stderr; a non-zero exit fails the test
+    with the output. `env`: variables to set on top of this process' environment."""
+    done = _run(cmd, cwd, timeout, env)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def sh_status(*cmd: str, cwd: Path, timeout: float = 1800,
+              env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(exit code, stdout + stderr) of a command that may fail."""
+    done = _run(cmd, cwd, timeout, env)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _run(cmd: tuple[str, ...], cwd: Path, timeout: float,
+         extra: dict[str, str] | None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **(extra or {}),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "osora-test", "GIT_AUTHOR_EMAIL": "test@osora.invalid",
+        "GIT_COMMITTER_NAME": "osora-test", "GIT_COMMITTER_EMAIL": "test@osora.invalid",
+    }
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
+        env.pop(var, None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files as git sees them (committed or not, never ignored) in `dest`, as a
+    new git repository with one commit."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-q", "-m", "clone", cwd=dest)
+    return dest
