@@ -300,3 +300,22 @@ def test_ray_backend_gives_the_local_result(tmp_path):
                            params=params(backend="ray"), progress=False)
     assert ray_run.rows.sort_by("id").equals(local.rows.sort_by("id"))
     assert ray_run.quarantine.sort_by("id").equals(local.quarantine.sort_by("id"))
+
+
+def test_osora_data_retry_forgets_a_stages_quarantines_under_any_fingerprint(tmp_path):
+    from osora.data.dropped import dropped, forget_quarantined
+
+    store = Store(str(tmp_path))
+    inputs = pa.table({"id": ["a", "bad-b"], "n": [1, 2]})
+    first = run_operator(Square(), inputs, stage="t", store=store, params=params(),
+                         progress=False)
+    store.sync("t_quarantine", first.quarantine)
+    causes = dropped(store, "t")
+    assert [(c.stage, c.count, c.example) for c in causes] == [
+        ("t", 1, "bad-b is bad on purpose")]
+    run_operator(Square(delay_s=0.01), inputs, stage="t", store=store, params=params(),
+                 progress=False)  # another fingerprint: a second work log
+    assert forget_quarantined(store, "t") == 2
+    again = run_operator(Square(), inputs, stage="t", store=store, params=params(),
+                         progress=False)
+    assert (again.processed, again.resumed) == (1, 1)
