@@ -17,8 +17,9 @@ RUN apt-get update \
 WORKDIR /opt/osora
 COPY pyproject.toml README.md ./
 COPY osora ./osora
-RUN python -m pip install ".[pipeline]" \
- && python -c "import torch, osora; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# ray: Ray Data, the runner's cluster backend (runner.backend: ray); every node runs this image.
+RUN python -m pip install ".[pipeline,ray]" \
+ && python -c "import torch, osora, ray; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # The project (dvc.yaml, params/, pipelines/) is mounted or cloned at run time, e.g.
 #   docker run --gpus all -v $PWD:/work -w /work osora dvc repro

@@ -13,6 +13,11 @@ VIDEOS = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         # Where the raw file is: a local path or an s3:// URI.
         pa.field("uri", pa.string(), nullable=False),
+        # "video", or "image": a still (its suffix is one of ingest.image_extensions), one
+        # frame through every stage, with null fps, duration_s and bit_rate. Stages branch on
+        # this column, never on codec names. Ingest always sets it; a null (a row made by
+        # hand) is read as "video".
+        pa.field("kind", pa.string()),
         # Size of the raw file in bytes.
         pa.field("size_bytes", pa.int64()),
         # Duration in seconds; null when the container does not say.
@@ -57,6 +62,7 @@ PREPROCESS = pa.schema(
 )
 
 # Shot analysis per kept video: one decode pass gives scene cuts and the black-border crop.
+# An image: num_frames 1, no cuts, null fps, the crop of its one frame.
 SHOTS = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # the video's id
@@ -72,6 +78,8 @@ SHOTS = pa.schema(
 )
 
 # Training clips cut from shots: 2–8 s, H.264, fps ≤ 30, longer side ≤ 1080, borders cropped.
+# An image (videos.kind "image") gives one clip of 1 frame, a PNG, with null start_s,
+# end_s, duration_s and fps (osora.data.clips).
 CLIPS = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # "<video id>-<index>"
@@ -104,7 +112,9 @@ SCORE_AESTHETIC = pa.schema(
 SCORE_MOTION = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
-        pa.field("motion", pa.float64()),  # mean VMAF motion score (ffmpeg vmafmotion)
+        # Mean VMAF motion score (ffmpeg vmafmotion); null for a 1-frame clip (an image):
+        # one frame has no motion, and 0 would claim a static video.
+        pa.field("motion", pa.float64()),
     ]
 )
 SCORE_BLUR = pa.schema(
@@ -125,7 +135,8 @@ SCORE_OCR = pa.schema(
 SCORE_JITTER = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
-        pa.field("jitter", pa.float64()),  # mean frame-to-frame change (PySceneDetect)
+        # Mean frame-to-frame change (PySceneDetect); null for a 1-frame clip (an image).
+        pa.field("jitter", pa.float64()),
     ]
 )
 
@@ -147,7 +158,9 @@ PYRAMID = pa.schema(
         pa.field("video_id", pa.string(), nullable=False),  # its source video
         pa.field("uri", pa.string(), nullable=False),
         pa.field("caption", pa.string()),
-        pa.field("text", pa.string()),  # the training text: caption + fps + motion score
+        # The training text: caption + fps + motion score; an image's is its caption alone
+        # (osora.prompts.conditioned_text).
+        pa.field("text", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("fps", pa.float64()),

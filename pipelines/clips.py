@@ -1,4 +1,5 @@
-"""DVC stage `clips`: cut shots into 2–8 s H.264 clips in the artifact store."""
+"""DVC stage `clips`: cut shots into 2–8 s H.264 clips in the artifact store (an image: one
+1-frame PNG clip)."""
 
 import pyarrow.compute as pc
 
@@ -24,9 +25,11 @@ def main() -> None:
         result = run_operator(cutter, inputs, stage=STAGE, store=store,
                               params=settings.data.runner,
                               retry_quarantined=args.retry_quarantined)
-        seconds = pc.sum(result.rows.column("duration_s")).as_py() or 0.0
+        seconds = pc.sum(result.rows.column("duration_s")).as_py() or 0.0  # images: null
+        images = pc.sum(pc.equal(inputs.column("kind"), "image")).as_py() or 0
         publish(run, store, {"clips": result.rows}, result, args.receipt, args.metrics,
-                {"videos": inputs.num_rows, "clip_seconds": round(seconds, 3)})
+                {"videos": inputs.num_rows - images, "images": images,
+                 "clip_seconds": round(seconds, 3)})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ code) and measure how well the videos follow them.
 
 The eval prompts are the distinct texts of the latent sets the stages trained on, each rendered
 (at params/dit.yaml sample's size: a bucket of the last stage's set) as the model saw it in
-training (caption, fps and motion score from `split_conditioned_text`). On the
+training (caption, fps and motion score from `split_conditioned_text`); images' texts (the
+caption alone: no fps to render a video at) are not eval prompts. On the
 tiny synth data the decoded frames are scored against the prompt's shape colour and motion
 direction (osora.eval.prompt_following) and compared with chance; VBench's temporal flickering
 (osora.eval.flicker, no weights) is reported beside them.
@@ -54,8 +55,7 @@ def main() -> None:
         if missing:
             raise SystemExit(f"dit_sample: {args.latents} has no table {missing}")
         texts = sorted({text for t in tables
-                        for text in run.read_input(store, args.latents, t).column("text")
-                        .to_pylist()})
+                        for text in _video_texts(run.read_input(store, args.latents, t))})
         # each caption once (VBench names a video by its prompt), with the fps and motion
         # score of its first text
         settings_of: dict[str, tuple[int, int | None]] = {}
@@ -97,6 +97,14 @@ def main() -> None:
                                           [vmaf_motion(path, width) for path, _ in asked]))
         run.log_metrics(metrics)
         atomic_write_json(args.metrics, metrics)
+
+
+def _video_texts(latents) -> list[str]:
+    """The texts of a latents table's video rows (an image's fps is null, its text the caption
+    alone: osora.prompts.conditioned_text)."""
+    import pyarrow.compute as pc
+
+    return latents.filter(pc.is_valid(latents.column("fps"))).column("text").to_pylist()
 
 
 if __name__ == "__main__":

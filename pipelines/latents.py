@@ -1,12 +1,15 @@
 """DVC stage `latents`: each latent set's clips (params/ae.yaml latents.sets: a pyramid level at
 one bucket resolution) encoded once by the AE, at their bucket sizes, into the table
-`latents_<set>` that DiT training reads."""
+`latents_<set>` that DiT training reads. Images go to a set's 1-frame bucket; a set whose
+frames do not list 1 sets them aside in its quarantine, saying so."""
 
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from osora.data.latents import LatentEncoder
+from osora.data.latents import LatentEncoder, set_aside_images
 from osora.data.runner import run_operator
 from osora.data.stage import publish, say, stage_cli
 from osora.lineage import read_receipt
@@ -39,12 +42,17 @@ def main() -> None:
         tables, results, metrics = {}, {}, {}
         for name, latent_set in params.sets.items():
             clips = run.read_input(store, args.pyramid, f"pyramid_{latent_set.level}")
+            inputs, images = set_aside_images(clips, name, latent_set.frames)
+            if images.num_rows:
+                say(run, [f"set {name}: {images.num_rows} images set aside, no 1-frame bucket "
+                          f"(add 1 to params/ae.yaml latents.sets.{name}.frames)"])
             encoder = LatentEncoder(params, name, settings.ae, args.weights, settings.store)
             say(run, [f"set {name}: {clips.num_rows} clips of {latent_set.level} at "
                       f"{latent_set.resolution} px, AE {settings.ae.autoencoder.kind} from "
                       f"{encoder.weights} (sha256 {encoder.ae_sha256[:12]})"])
-            result = run_operator(encoder, clips, stage=f"{STAGE}_{name}", store=store,
+            result = run_operator(encoder, inputs, stage=f"{STAGE}_{name}", store=store,
                                   params=runner, retry_quarantined=args.retry_quarantined)
+            result = replace(result, quarantine=pa.concat_tables([result.quarantine, images]))
             rows = result.rows
             stored = pc.sum(pc.binary_length(rows.column("latent"))).as_py() or 0
             metrics.update({

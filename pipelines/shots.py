@@ -21,8 +21,8 @@ def main() -> None:
         verdicts = run.read_input(store, args.preprocess, "preprocess")
         kept = verdicts.filter(verdicts.column("keep")).column("id")
         inputs = videos.filter(pc.is_in(videos.column("id"), value_set=kept.combine_chunks()))
-        result = run_operator(ShotDetector(settings.data.shots), inputs, stage=STAGE,
-                              store=store, params=settings.data.runner,
+        result = run_operator(ShotDetector(settings.data.shots, settings.store), inputs,
+                              stage=STAGE, store=store, params=settings.data.runner,
                               retry_quarantined=args.retry_quarantined)
         cuts = sum(len(c) for c in result.rows.column("cut_frames").to_pylist())
         publish(run, store, {"shots": result.rows}, result, args.receipt, args.metrics,

@@ -20,6 +20,11 @@ def test_conditioned_text_is_the_training_form():
     assert conditioned_text(" A cat. ", 29.97, 3.6) == "A cat. 24 FPS, 4 motion score."
 
 
+def test_an_image_text_is_its_caption_alone():
+    # no fps and no motion score (Open-Sora v2's TextDataset adds neither for NaN values)
+    assert conditioned_text(" A cat on a mat. ", None, None) == "A cat on a mat."
+
+
 def test_split_names_a_text_that_is_not_conditioned():
     with pytest.raises(ValueError, match="not a conditioned text.*'A cat.'"):
         split_conditioned_text("A cat.")

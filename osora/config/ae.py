@@ -165,7 +165,8 @@ class LatentSetParams(Params):
     resolution: int = Field(ge=8, description="bucket area ≈ resolution², aspect ratio kept, px")
     frames: list[PositiveInt] = Field(
         min_length=1, description="allowed bucket frame counts; each must fit the AE "
-        "(non-causal k·td, causal 1 + k·td); a clip takes the largest ≤ its own"
+        "(non-causal k·td, causal 1 + k·td); a clip takes the largest ≤ its own. 1 is the "
+        "image bucket: images go there and only there (a set without 1 sets them aside)"
     )
     aspect_ratios: list[str] | None = Field(
         description="W:H ratios a clip snaps to (the nearest on a log scale); null: each "

@@ -21,7 +21,8 @@ class SynthParams(Params):
 
 
 class IngestParams(Params):
-    """Registering raw videos in the `videos` table."""
+    """Registering raw videos, and images, in the `videos` table (an image is a 1-frame item:
+    the paper trains on images beside videos)."""
 
     sources: list[str] = Field(
         min_length=1,
@@ -36,13 +37,28 @@ class IngestParams(Params):
         "'.mp4' (case-insensitive); a manifest's files are taken as listed",
     )
 
-    @field_validator("extensions")
+    image_extensions: list[str] = Field(
+        default_factory=list,
+        description="file suffixes taken as still images (kind 'image', one frame) in folders, "
+        "globs, s3:// prefixes and manifests, e.g. '.jpg' (case-insensitive); empty: no images",
+    )
+
+    @field_validator("extensions", "image_extensions")
     @classmethod
     def _dotted(cls, extensions: list[str]) -> list[str]:
         bad = [e for e in extensions if not e.startswith(".") or len(e) < 2 or "/" in e]
         if bad:
             raise ValueError(f"extensions must look like '.mp4', got {bad}")
         return extensions
+
+    @model_validator(mode="after")
+    def _video_or_image(self) -> "IngestParams":
+        both = sorted({e.lower() for e in self.extensions}
+                      & {e.lower() for e in self.image_extensions})
+        if both:
+            raise ValueError(f"{both} are listed as both video and image extensions: a file is "
+                             "one or the other")
+        return self
 
 
 class PreprocessParams(Params):

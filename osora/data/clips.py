@@ -49,6 +49,17 @@ end on it. All copied clips of a video come from one `ffmpeg -c:v copy` segment-
 that splits the stream at their cut points; the re-encoded ones from the one encode process.
 Every clip file is probed (its frame count; a copy's size and rate too); if a copied clip fails
 that check or the copy process fails, the video falls back to re-encoding every clip.
+
+Images (`kind` "image"): an image becomes exactly one clip of one frame, `<video id>-000.png`,
+cropped by its shot row's box and scaled down to `max_side` by the rules above (even sides,
+never up, the same bicubic filter). It is stored as a PNG, 8-bit RGB, not an mp4: a 1-frame
+H.264 file would add 4:2:0 chroma subsampling and a lossy encode to a picture that is already
+compressed once (a JPEG), for nothing, since there is no motion to predict; PNG keeps exactly
+the pixels ffmpeg cropped and scaled, and PyAV (osora.media.frames, hence every scorer,
+captioner and the latent encoder) decodes it like a 1-frame video. Transparency is dropped (the
+colour under it is kept). Its row has num_frames 1, start_frame 0, end_frame 1, and null fps,
+start_s, end_s and duration_s: an image lasts no time, and a 0 would pass duration limits as
+if it were a (very short) video.
 """
 
 from __future__ import annotations
@@ -77,7 +88,7 @@ from osora.data.stream_copy import (
     copy_points,
 )
 from osora.media.ffmpeg import BITEXACT_FLAGS, FFmpegError, run_ffmpeg, segment_output
-from osora.media.probe import ProbeError, VideoInfo, probe
+from osora.media.probe import ProbeError, VideoInfo, probe, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,7 @@ CLIP_INPUT = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # the video's id
         pa.field("uri", pa.string(), nullable=False),  # the raw video: a path or s3:// URI
+        pa.field("kind", pa.string()),  # "video" or "image" (videos.kind)
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("fps", pa.float64()),  # from the shot analysis
@@ -134,16 +146,18 @@ class CopyFailed(RuntimeError):
 
 
 def clip_inputs(videos: pa.Table, shots: pa.Table) -> pa.Table:
-    """ClipCutter's input rows: each `shots` row with its video's uri and frame size.
+    """ClipCutter's input rows: each `shots` row with its video's uri, kind and frame size.
 
     An inner join by id (a shot row whose video is gone is left out), in the shots table's
     order. Done with index lookups rather than Table.join, which cannot carry list columns
-    such as cut_frames.
+    such as cut_frames. A videos table without `kind` (made by hand) is all videos.
     """
     position = pc.index_in(shots.column("id"), value_set=videos.column("id"))  # (S,) or null
     found = pc.is_valid(position)
     shots, position = shots.filter(found), position.filter(found)
-    matched = videos.select(["uri", "width", "height"]).take(position)  # (S', 3) in shots order
+    if "kind" not in videos.column_names:
+        videos = videos.append_column("kind", pa.repeat("video", videos.num_rows))
+    matched = videos.select(["uri", "kind", "width", "height"]).take(position)  # (S', 4)
     columns = {name: (matched if name in matched.column_names else shots).column(name)
                for name in CLIP_INPUT.names}
     return pa.table(columns).cast(CLIP_INPUT)
@@ -311,6 +325,29 @@ def encode_clips(
     return [out_dir / f"{i:06d}.mp4" for i in range(len(spans))]
 
 
+def image_clip_filter(crop: tuple[int, int, int, int], size: tuple[int, int]) -> str:
+    """An image's chain: crop, then scale to `size` (bicubic, as the videos') into 8-bit RGB.
+    The scale runs even at the crop's own size: it is where the source's pixel format (a
+    JPEG's 4:2:0 YUV) becomes RGB, with accurate rounding and full chroma interpolation."""
+    x, y, w, h = crop
+    flags = "bicubic+accurate_rnd+full_chroma_int+bitexact"
+    return f"crop={w}:{h}:{x}:{y},scale={size[0]}:{size[1]}:flags={flags},format=rgb24"
+
+
+def encode_image(source: Path, crop: tuple[int, int, int, int], size: tuple[int, int],
+                 params: ClipsParams, out: Path) -> Path:
+    """Write an image's one clip as a PNG at `out` (module docstring). Raises FFmpegError when
+    ffmpeg fails."""
+    threads = str(params.threads)
+    run_ffmpeg([
+        "-threads", threads, "-i", ffmpeg_input(source),
+        "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", image_clip_filter(crop, size),
+        "-frames:v", "1", "-c:v", "png", *BITEXACT_FLAGS, "-update", "1", "-f", "image2",
+        ffmpeg_input(out),
+    ])
+    return out
+
+
 def check_clip(path: Path, frames: int, fmt: ClipFormat | None = None) -> VideoInfo:
     """Probe a written clip: it must hold `frames` frames and, given `fmt`, have its size and
     rate. Raises ClipMismatch saying what differs.
@@ -360,6 +397,8 @@ class ClipCutter(Operator):
     def process(self, row: Row) -> list[Row]:
         if self._store is None:
             self.setup()
+        if row.get("kind") == "image":
+            return [self._image_clip(row)]
         video = row["id"]
         missing = [k for k in ("fps", "num_frames", "width", "height") if not row.get(k)]
         if missing:
@@ -388,6 +427,33 @@ class ClipCutter(Operator):
                 self._store_clip(row, i, plan.span, fmt, file, info)
                 for i, (plan, (file, info)) in enumerate(zip(plans, written, strict=True))
             ]
+
+    def _image_clip(self, row: Row) -> Row:
+        """An image's one 1-frame PNG clip, stored, as a `clips` row (module docstring)."""
+        video = row["id"]
+        if not row.get("width") or not row.get("height"):
+            raise OperatorError(f"image {video}: no width or height in its clip input row "
+                                "(see clip_inputs)")
+        crop = _crop_box(row)
+        size = scaled_size(crop[2], crop[3], self.params.max_side)
+        clip_id = f"{video}-000"
+        with self._store.local_path(row["uri"]) as source, \
+                tempfile.TemporaryDirectory(prefix="osora-clips-") as tmp:
+            try:
+                file = encode_image(Path(source), crop, size, self.params,
+                                    Path(tmp) / f"{clip_id}.png")
+            except FFmpegError as err:
+                raise OperatorError(f"image {video}: ffmpeg could not crop and scale "
+                                    f"{row['uri']}: {ffmpeg_reason(err)}") from None
+            _check_image_clip(file, size, video)
+            uri = self._store.put_file(file, f"clips/{video}/{clip_id}.png")
+        x, y, w, h = crop
+        return {
+            "id": clip_id, "video_id": video, "uri": uri,
+            "start_frame": 0, "end_frame": 1, "start_s": None, "end_s": None,
+            "duration_s": None, "fps": None, "width": size[0], "height": size[1],
+            "num_frames": 1, "crop_x": x, "crop_y": y, "crop_w": w, "crop_h": h,
+        }
 
     def _plan(self, row: Row, cut_points: list[int] | None) -> list[ClipPlan]:
         return plan_clips(row["num_frames"], row["fps"], row.get("cut_frames") or [],
@@ -467,6 +533,17 @@ def _checked(
     counts = clip_frame_counts([p.span for p in plans], fmt.step)
     return {p: (f, check_clip(f, n, fmt if p.copy else None))
             for p, f, n in zip(plans, files, counts, strict=True)}
+
+
+def _check_image_clip(path: Path, size: tuple[int, int], video: str) -> None:
+    """OperatorError unless the written PNG is one picture of `size`."""
+    try:
+        info = probe_image(path)
+    except ProbeError as err:
+        raise OperatorError(f"image {video}: the clip PNG is unreadable: {err.reason}") from None
+    if (info.width, info.height) != size:
+        raise OperatorError(f"image {video}: the clip PNG is {info.width}x{info.height}, "
+                            f"expected {size[0]}x{size[1]}")
 
 
 def _seconds(value: float) -> Fraction:

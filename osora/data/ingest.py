@@ -1,27 +1,36 @@
-"""Ingest: register raw videos in the `videos` table, one row per distinct file content.
+"""Ingest: register raw videos and images in the `videos` table, one row per distinct content.
 
 A source is any of
 
-- a local folder: every file under it (recursively) with one of the video extensions;
-- a glob, e.g. "data/raw/**/*.mp4" (`**` spans folders): the matching files with a video
-  extension;
+- a local folder: every file under it (recursively) with one of the video or image extensions;
+- a glob, e.g. "data/raw/**/*.mp4" (`**` spans folders): the matching files with a video or
+  image extension;
 - a manifest, a .csv or .parquet table with a `path` column and optionally a `caption` column:
   exactly the files listed (any extension), relative paths resolved against the manifest's
   folder, s3:// URIs allowed;
-- an s3://bucket/prefix (or an s3:// glob): the objects under it with a video extension, read
-  with the endpoint and credentials of the store settings.
+- an s3://bucket/prefix (or an s3:// glob): the objects under it with a video or image
+  extension, read with the endpoint and credentials of the store settings.
+
+A file whose suffix is one of the image extensions (`ingest.image_extensions`, wherever it was
+found, a manifest included) is an image: its row has `kind` "image", width and height probed
+(PyAV decodes JPEG, PNG and WebP), num_frames 1 and no fps, duration, bit rate or profile (an
+image has no time axis, and a JPEG's "Baseline" is no H.264 profile). Every other file is a
+video (`kind` "video"). The suffix decides, not the probe, so what a file is taken for is in
+the params, and a damaged image is an unreadable image rather than an unreadable video.
 
 The row id is a hash of the file's bytes, so ingesting the same files again (or a copy under
 another name, or in another place) adds nothing; such copies are counted as duplicates. `uri`
 keeps where the file is: an absolute local path or its s3:// URI. Objects in S3 are downloaded
 to a temporary file to be hashed and probed, then removed. A caption comes from the manifest,
-else from a sidecar `<stem>.txt` beside the video. A file that cannot be read as a video still
-gets a row, with `probe_error` saying why; a path that is no file at all (a broken link, a
-folder named like a video, a name that is not UTF-8, a file that cannot be opened) gets a
+else from a sidecar `<stem>.txt` beside the video. A file that cannot be read as a video (or image)
+still gets a row, with `probe_error` saying why; a path that is no file at all (a broken link,
+a folder named like a video, a name that is not UTF-8, a file that cannot be opened) gets a
 `skipped` row (the `ingest_quarantine` table) with the reason: nothing is dropped silently.
 
 Growing a data set is cheap: a file whose uri is already in the `videos` table, with the same
 size and not modified since it was ingested, keeps its row without being read again (`known`).
+A row from a table written before `kind` existed is a video (only video suffixes were listed
+then), unless its suffix is now an image one: that file is read again as an image.
 """
 
 from __future__ import annotations
@@ -31,8 +40,6 @@ import hashlib
 import logging
 import os
 import posixpath
-import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
-from osora.media.probe import ProbeError, probe
+from osora.media.probe import ProbeError, probe, probe_image
 from osora.schemas import schema_of
 
 if TYPE_CHECKING:
@@ -54,8 +61,8 @@ CHUNK = 1 << 20
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 GLOB_CHARS = "*?["
 SOURCE_HELP = (
-    "give a folder of videos, a glob such as 'data/raw/**/*.mp4' (quoted in the shell), a .csv "
-    "or .parquet manifest with a 'path' column, or an s3://bucket/prefix"
+    "give a folder of videos or images, a glob such as 'data/raw/**/*.mp4' (quoted in the "
+    "shell), a .csv or .parquet manifest with a 'path' column, or an s3://bucket/prefix"
 )
 
 
@@ -87,27 +94,38 @@ def ingest(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     extensions: Iterable[str],
     *,
+    image_extensions: Iterable[str] = (),
     store_settings: StoreSettings | None = None,
     known: pa.Table | None = None,
 ) -> IngestResult:
     """Rows for the `videos` table from one source or several (see the module docstring).
 
-    `known`: the current `videos` table; its rows are reused for unchanged files. The same
-    content named by two sources is one row (the first source's). `store_settings.s3`
-    (endpoint, region, credentials) is used for s3:// sources; without it the usual AWS
-    environment variables and credential chain apply.
+    `extensions` are the video suffixes, `image_extensions` the image ones (both listed in
+    folders, globs and prefixes; the image ones also mark a manifest's images). `known`: the
+    current `videos` table; its rows are reused for unchanged files. The same content named by
+    two sources is one row (the first source's). `store_settings.s3` (endpoint, region,
+    credentials) is used for s3:// sources; without it the usual AWS environment variables and
+    credential chain apply.
     """
     files = Files(store_settings)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    images = frozenset(e.lower() for e in image_extensions)
+    listed = [*extensions, *images]
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     for source in sources:
-        found, bad = list_source(str(source), extensions, files)
+        found, bad = list_source(str(source), listed, files)
         candidates += found
         skipped += bad
-    rows, duplicates, reused, unreadable = video_rows(candidates, files, known)
+    rows, duplicates, reused, unreadable = video_rows(candidates, files, known, images)
     return IngestResult(rows, duplicates, skipped_table(skipped + unreadable), reused)
+
+
+def kind_of(uri: str, image_extensions: Iterable[str]) -> str:
+    """"image" when the file's suffix is an image extension (case-insensitive), else "video"."""
+    suffix = posixpath.splitext(uri)[1].lower()
+    return "image" if suffix in {e.lower() for e in image_extensions} else "video"
 
 
 def skipped_table(skipped: list[Skipped]) -> pa.Table:
@@ -267,23 +285,24 @@ def _check_listed_files_exist(manifest: Path, candidates: list[Candidate]) -> No
 
 
 class Files:
-    """Reads local files and S3 objects alike; the S3 filesystem is made on first use, with the
-    store's options (`osora.store.Store`), so one endpoint/credential setting serves both."""
+    """Reads local files and S3 objects alike, with the store's endpoint, credentials,
+    timeouts and local file cache (osora.fetch), so one setting serves tables and sources and
+    an S3 outage is a StoreUnavailable naming the endpoint, never an unreadable video."""
 
     def __init__(self, store_settings: StoreSettings | None = None):
-        self._settings = store_settings
-        self._fs: Any = None
+        from osora.fetch import FileCache
+
+        self._cache = FileCache.from_settings(store_settings)
 
     @property
     def s3(self) -> Any:
         """An s3fs filesystem for the configured endpoint and credentials."""
-        if self._fs is None:
-            from osora.config.store import S3Settings
-            from osora.store import lance_s3_options, s3_filesystem
+        return self._cache.fs
 
-            s3 = self._settings.s3 if self._settings is not None else S3Settings()
-            self._fs = s3_filesystem(lance_s3_options(s3))
-        return self._fs
+    def _reaching(self, doing: str):
+        from osora.store import s3_unavailable
+
+        return s3_unavailable(self._cache.storage_options, doing)
 
     def list_s3(self, source: str, extensions: Iterable[str]) -> list[str]:
         """s3:// URIs of the video objects under a prefix (or matching an s3:// glob), sorted.
@@ -291,10 +310,11 @@ class Files:
         _check_scheme(source)
         suffixes = {e.lower() for e in extensions}
         try:
-            keys = (
-                self.s3.glob(source) if any(c in source for c in GLOB_CHARS)
-                else self.s3.find(source)
-            )
+            with self._reaching(f"listing {source}"):
+                keys = (
+                    self.s3.glob(source) if any(c in source for c in GLOB_CHARS)
+                    else self.s3.find(source)
+                )
         except (FileNotFoundError, PermissionError) as err:
             raise type(err)(
                 f"ingest source {source!r} cannot be listed ({err}): check the bucket and "
@@ -311,30 +331,18 @@ class Files:
 
     @contextmanager
     def local(self, uri: str) -> Iterator[Path]:
-        """A local path with the file's bytes: the file itself, or a temporary download of an
-        S3 object, removed on exit. The download gets a plain name (the object's own name may
-        be long or odd); only a simple suffix is kept, a hint for container detection."""
-        if "://" not in uri:
-            yield Path(uri)
-            return
-        suffix = posixpath.splitext(uri)[1]
-        suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
-        with tempfile.TemporaryDirectory(prefix="osora-ingest-") as tmp:
-            local = Path(tmp) / f"video{suffix}"
-            try:
-                self.s3.get_file(uri, str(local))
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    f"{uri} does not exist: fix the manifest entry or the source"
-                ) from None
-            yield local
+        """A local path with the file's bytes: the file itself, or the cached copy of an S3
+        object (FileNotFoundError naming it when there is none)."""
+        with self._cache.local_path(uri) as path:
+            yield path
 
     def stat(self, uri: str) -> tuple[int, datetime]:
         """(size in bytes, last modification time in UTC) of a file or S3 object."""
         if "://" not in uri:
             st = os.stat(uri)
             return st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)
-        info = self.s3.info(uri)
+        with self._reaching(f"reading the size of {uri}"):
+            info = self.s3.info(uri)
         modified = info.get("LastModified") or datetime.now(timezone.utc)
         return int(info["size"]), modified
 
@@ -343,7 +351,8 @@ class Files:
         if "://" not in uri:
             return sidecar_caption(Path(uri))
         try:
-            data = self.s3.cat_file(posixpath.splitext(uri)[0] + ".txt")
+            with self._reaching(f"reading the caption beside {uri}"):
+                data = self.s3.cat_file(posixpath.splitext(uri)[0] + ".txt")
         except FileNotFoundError:
             return None
         return _text(data.decode("utf-8", errors="replace"))
@@ -370,25 +379,32 @@ def content_id(path: Path) -> str:
 
 
 def video_rows(
-    candidates: Iterable[Candidate], files: Files | None = None, known: pa.Table | None = None
+    candidates: Iterable[Candidate], files: Files | None = None, known: pa.Table | None = None,
+    image_extensions: Iterable[str] = (),
 ) -> tuple[pa.Table, int, int, list[Skipped]]:
     """Rows for the `videos` table, the number of files skipped as duplicate content, the
-    number of rows reused from `known`, and the files that could not be read."""
+    number of rows reused from `known`, and the files that could not be read. A candidate
+    whose suffix is in `image_extensions` is an image (module docstring)."""
     files = files or Files()
     now = datetime.now(timezone.utc)
-    reusable = _by_uri(known)
+    images = frozenset(e.lower() for e in image_extensions)
+    reusable = _by_uri(known, images)
     rows, seen, duplicates, reused, unreadable = [], set(), 0, 0, []
     for candidate in candidates:
+        kind = kind_of(candidate.uri, images)
         try:
             row = _unchanged(reusable.get(candidate.uri), files.stat(candidate.uri))
-            if row is not None:  # the caption may have been edited: read it again
+            if row is not None and row["kind"] == kind:  # the caption may have been edited
                 reused += 1
                 row = {**row, "caption": candidate.caption
                        or files.sidecar_caption(candidate.uri)}
-            else:
-                row = _read_row(candidate, files, now)
+            else:  # new, changed, or taken for the other kind now (ingest params changed)
+                row = _read_row(candidate, files, now, kind)
         except (PermissionError, IsADirectoryError) as err:
             unreadable.append(Skipped(candidate.uri, f"cannot be read: {err.strerror or err}"))
+            continue
+        except FileNotFoundError as err:  # gone since it was listed, or a manifest's S3 entry
+            unreadable.append(Skipped(candidate.uri, f"no such file: {err}"))
             continue
         if row["id"] in seen:
             duplicates += 1
@@ -398,24 +414,33 @@ def video_rows(
     return pa.Table.from_pylist(rows, schema=schema_of("videos")), duplicates, reused, unreadable
 
 
-def _read_row(candidate: Candidate, files: Files, now: datetime) -> dict[str, Any]:
-    """A new `videos` row: the file's bytes hashed and probed."""
+def _read_row(candidate: Candidate, files: Files, now: datetime, kind: str) -> dict[str, Any]:
+    """A new `videos` row of `kind` ("video" or "image"): the file's bytes hashed and probed."""
+    probed = _image_columns if kind == "image" else _probe_columns
     with files.local(candidate.uri) as local:
         row = {
             "id": content_id(local),
             "uri": candidate.uri,
+            "kind": kind,
             "size_bytes": local.stat().st_size,
             "ingested_at": now,
-            **_probe_columns(local, candidate.uri),
+            **probed(local, candidate.uri),
         }
     row["caption"] = candidate.caption or files.sidecar_caption(candidate.uri)
     return row
 
 
-def _by_uri(known: pa.Table | None) -> dict[str, dict[str, Any]]:
+def _by_uri(known: pa.Table | None, image_extensions: frozenset[str]) -> dict[str, dict[str, Any]]:
+    """The reusable `known` rows by uri. Rows of a table written before `kind` existed are
+    videos (only video suffixes were listed then); those whose suffix is now an image one are
+    left out, so the file is read again as an image."""
     if known is None or known.num_rows == 0:
         return {}
-    return {row["uri"]: row for row in known.to_pylist()}
+    rows = {row["uri"]: row for row in known.to_pylist()}
+    if "kind" in known.column_names:
+        return rows
+    return {uri: {**row, "kind": "video"} for uri, row in rows.items()
+            if kind_of(uri, image_extensions) == "video"}
 
 
 def _unchanged(row: dict[str, Any] | None, stat: tuple[int, datetime]) -> dict[str, Any] | None:
@@ -442,6 +467,18 @@ def _probe_columns(local: Path, uri: str) -> dict[str, Any]:
         "codec": info.codec,
         "profile": info.profile, "bit_rate": info.bit_rate,
     }
+
+
+def _image_columns(local: Path, uri: str) -> dict[str, Any]:
+    """An image's `videos` columns (one frame; no time axis, so no fps, duration, bit rate or
+    profile), or `probe_error` for a file that is no readable still image."""
+    try:
+        info = probe_image(local)
+    except ProbeError as err:
+        log.info("unreadable image %s: %s", uri, err.reason)
+        return {"probe_error": err.reason}
+    return {"width": info.width, "height": info.height, "rotation": info.rotation,
+            "num_frames": 1, "codec": info.codec}
 
 
 # -- small helpers -----------------------------------------------------------------------------

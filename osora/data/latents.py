@@ -19,6 +19,16 @@ float list: a list column holds one dtype, and Arrow has no bfloat16; bytes keep
 dtype the params ask for (bfloat16 halves the table; float32 round-trips exactly) at its exact
 size, and `torch.frombuffer` reads them without a copy per element.
 
+Images (clips of one frame) go to the 1-frame bucket of a set whose `frames` list 1, and only
+there (osora.train.buckets): the image is decoded, resized and cropped like a clip's frames, and
+encoded as a 1-frame video into one latent frame (C, 1, H', W') by either AE: the causal VAE's
+first latent frame is its first frame alone, and the non-causal Video DC-AE skips its temporal
+halvings on a time axis of length 1, as the reference `dc_ae` does (it neither pads nor repeats
+the image to td frames). Its row's fps is null, its text the caption alone. A set whose
+`frames` has no 1 sets its images aside with a reason naming the param to change
+(`set_aside_images`, before the runner, so a set of mostly images is not mistaken for a broken
+environment; the operator refuses one the same way if it gets one).
+
 Every row carries the AE's kind and the sha256 of its weights file, so DiT training can refuse
 latents of another AE. The same hash, the AE's settings and the source of the code that decides
 the numbers (AE model, tiling, buckets, frame decoding) are the operator's fingerprint
@@ -38,9 +48,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from osora.data.clip_file import with_clip_file
 from osora.data.operator import Operator, OperatorError, Row
 from osora.fileio import file_sha256
+from osora.schemas import schema_of
 from osora.train.buckets import Bucket, BucketSpec, parse_ratio
 
 if TYPE_CHECKING:
@@ -53,6 +66,38 @@ if TYPE_CHECKING:
     from osora.store import Store
 
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+# -- images without a 1-frame bucket ----------------------------------------------------------
+
+
+def no_image_bucket(clip_id: str, set_name: str) -> str:
+    """The reason an image is not encoded into a set without a 1-frame bucket."""
+    return (f"latents: clip {clip_id} is an image (1 frame) and latent set {set_name!r} has no "
+            f"1-frame bucket: add 1 to params/ae.yaml latents.sets.{set_name}.frames to train "
+            "on images")
+
+
+def set_aside_images(clips: pa.Table, set_name: str, frames: list[int]
+                     ) -> tuple[pa.Table, pa.Table]:
+    """(the clips to encode, `latents_<set>_quarantine` rows of the images set aside): a set
+    whose `frames` lists 1 keeps every clip; otherwise its images (1-frame clips) are set aside
+    with `no_image_bucket`'s reason, and no fingerprint (no operator saw them), so adding 1 to
+    the set's frames encodes them on the next run."""
+    import pyarrow.compute as pc
+
+    stage = f"latents_{set_name}"
+    images = pc.fill_null(pc.equal(clips.column("num_frames"), 1), False)
+    if 1 in frames or not pc.any(images).as_py():
+        return clips, schema_of(f"{stage}_quarantine").empty_table()
+    ids = clips.filter(images).column("id").to_pylist()
+    quarantine = pa.table(
+        {"id": ids, "stage": [stage] * len(ids),
+         "reason": [no_image_bucket(i, set_name) for i in ids],
+         "fingerprint": pa.nulls(len(ids), pa.string())},
+        schema=schema_of(f"{stage}_quarantine"),
+    )
+    return clips.filter(pc.invert(images)), quarantine
 
 
 # -- the AE's geometry, without loading it ------------------------------------------------------
@@ -175,6 +220,7 @@ class LatentEncoder(Operator):
             raise ValueError(f"no latent set {name!r} in params/ae.yaml latents.sets "
                              f"({', '.join(params.sets)})")
         self.output_table = f"latents_{name}"
+        self.set_name = name
         # only this set's entry: adding another set leaves this one's fingerprint alone
         self.params = params.model_copy(update={"sets": {name: params.sets[name]}})
         self.set = params.sets[name]
@@ -253,6 +299,8 @@ class LatentEncoder(Operator):
         clip_id, uri = row["id"], row["uri"]
         bucket = self.buckets.assign(int(row["width"]), int(row["height"]),
                                      int(row["num_frames"]))
+        if bucket is None and row["num_frames"] == 1:
+            raise OperatorError(no_image_bucket(clip_id, self.set_name))
         if bucket is None:
             raise OperatorError(self._too_short(clip_id, row["num_frames"]))
         if self.buckets.too_small(int(row["width"]), int(row["height"]), bucket):

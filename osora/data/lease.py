@@ -110,7 +110,8 @@ class _S3Lease:
         self.bucket, _, prefix = root.partition("/")
         self.key = f"{prefix}/_leases/{stage}.json".lstrip("/")
         self.ttl_s = ttl_s
-        self._client = _s3_client(store.storage_options)
+        self._options = store.storage_options
+        self._client = _s3_client(self._options)
         self._etag: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -149,6 +150,12 @@ class _S3Lease:
         return body, reply["ETag"]
 
     def try_acquire(self) -> bool:
+        from osora.store import s3_unavailable
+
+        with s3_unavailable(self._options, f"taking the lease {self.key}"):
+            return self._try_acquire()
+
+    def _try_acquire(self) -> bool:
         etag = self._put(IfNoneMatch="*")
         if etag is None:
             current = self._current()
@@ -192,8 +199,11 @@ class _S3Lease:
 
 
 def _s3_client(storage_options: dict[str, str]):
-    """A boto3 client with the store's endpoint and credentials (Lance-style options)."""
+    """A boto3 client with the store's endpoint, credentials, timeouts and retries."""
     import boto3
+    from botocore.config import Config
+
+    from osora.store import boto_config
 
     opts = storage_options
     return boto3.client(
@@ -202,4 +212,5 @@ def _s3_client(storage_options: dict[str, str]):
         region_name=opts.get("aws_region"),
         aws_access_key_id=opts.get("aws_access_key_id"),
         aws_secret_access_key=opts.get("aws_secret_access_key"),
+        config=Config(**boto_config(opts)),
     )

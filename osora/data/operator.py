@@ -48,6 +48,12 @@ class OperatorError(Exception):
 class Operator(ABC):
     #: Name of the table the rows of `process` belong to (its schema is in osora.schemas).
     output_table: str
+    #: GPUs each worker needs, for operators that run a model on CUDA: the Ray backend asks
+    #: the cluster for them (`map_batches(num_gpus=...)`), so each worker lands on a node with
+    #: a free GPU and sees only its own (CUDA_VISIBLE_DEVICES); the local pool ignores it. A
+    #: class attribute or property, not an instance attribute, which `describe()` would count
+    #: as a setting of the output.
+    num_gpus: float = 0.0
 
     def setup(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Load models or other heavy state; called once in each worker before any row."""

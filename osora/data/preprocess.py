@@ -11,6 +11,12 @@ changing a threshold only re-judges the table. A video is dropped when any rule 
     profile:<name>         other profile listed in drop_profiles
     unreadable: <why>      the probe failed (`probe_error`), or a number the rules need is missing
 
+An image (`kind` "image") has no time axis and no video encoding, so only the rules about its
+picture apply: `aspect_ratio` and `unreadable` (a failed probe, or no width/height). It is never
+too_short, low_fps, low_bpp or dropped for a profile: those judge frame rate, length and the
+H.264 stream, which an image has not (its fps, duration and bit rate are null, and a JPEG's
+"Baseline" is no H.264 profile).
+
 Thresholds are inclusive: a video exactly at a limit is kept. When several rules hold, `reason`
 names them all, joined by "," in the order above (the first is the primary reason), e.g.
 "too_short,low_bpp": properties of the content (length, frame rate, shape) before those of its
@@ -29,6 +35,7 @@ from osora.schemas import schema_of
 
 # The numbers the rules read from a `videos` row; a readable row should have them all.
 MEASURED = ("duration_s", "fps", "width", "height", "bit_rate")
+IMAGE_MEASURED = ("width", "height")  # an image's: its picture only
 CONSTRAINED_BASELINE = "Constrained Baseline"  # as FFmpeg/PyAV name the H.264 profile
 
 
@@ -36,15 +43,25 @@ def verdict(video: dict[str, Any], params: PreprocessParams) -> dict[str, Any]:
     """The `preprocess` row for one `videos` row: keep it, or drop it with every reason."""
     if video.get("probe_error"):
         return _row(video, [f"unreadable: {video['probe_error']}"])
-    missing = [name for name in MEASURED if video.get(name) is None]
+    image = video.get("kind") == "image"
+    missing = [name for name in (IMAGE_MEASURED if image else MEASURED)
+               if video.get(name) is None]
     if missing:
         return _row(video, [f"unreadable: probe gave no {', '.join(missing)}"])
+    if image:
+        return image_verdict(video, params)
     bpp, aspect = bits_per_pixel(video), aspect_ratio(video)
     reasons = [name for name, holds in _rules(video, bpp, aspect, params) if holds]
     profile = video.get("profile")
     if profile is not None and _listed(profile, params.drop_profiles):
         reasons.append(profile_reason(profile))
     return _row(video, reasons, bpp, aspect)
+
+
+def image_verdict(image: dict[str, Any], params: PreprocessParams) -> dict[str, Any]:
+    """The `preprocess` row of a readable image: the aspect ratio rule alone (module doc)."""
+    aspect = aspect_ratio(image)
+    return _row(image, ["aspect_ratio"] if _aspect_out(aspect, params) else [], None, aspect)
 
 
 def preprocess_table(videos: pa.Table, params: PreprocessParams) -> pa.Table:
@@ -78,13 +95,17 @@ def _rules(
     """The numeric rules in reporting order (the content's shape in time and space first, then
     its encoding), each with whether it holds. A ratio that cannot be computed (zero size or
     fps) fails its rule rather than passing silently."""
-    lo, hi = params.min_aspect_ratio, params.max_aspect_ratio
     return [
         ("too_short", video["duration_s"] < params.min_duration_s),
         ("low_fps", video["fps"] < params.min_fps),
-        ("aspect_ratio", aspect is None or not lo <= aspect <= hi),
+        ("aspect_ratio", _aspect_out(aspect, params)),
         ("low_bpp", bpp is None or bpp < params.min_bits_per_pixel),
     ]
+
+
+def _aspect_out(aspect: float | None, params: PreprocessParams) -> bool:
+    """Whether the aspect ratio rule holds: outside the range, or not computable."""
+    return aspect is None or not params.min_aspect_ratio <= aspect <= params.max_aspect_ratio
 
 
 def _listed(profile: str, drop_profiles: list[str]) -> bool:

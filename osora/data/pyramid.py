@@ -6,6 +6,13 @@ construction (a clip in a strict level is in every looser one), whatever the thr
 A limit on a score that was never evaluated (its scorer had no weights: every value null) is
 off, and said so in the notes; a clip with no value from a scorer that did run (it was
 quarantined there) fails that scorer's limits.
+
+Images (clips of one frame: an image's only clip) are judged on their picture alone. Motion and
+jitter, which an image has not (their scorers write null for it), and the duration limits
+(`min_duration_s`, `max_duration_s`: an image's duration is null, it lasts no time) do not
+apply to them; aesthetic, blur, text area, size and caption limits do, as for any clip. So a
+null motion or jitter drops a video clip (its scorer failed on it) but never an image. An
+image's training text is its caption alone (osora.prompts.conditioned_text: no fps or motion).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ SCALAR_SCORES = {
     "score_ocr": "text_area",
     "score_jitter": "jitter",
 }
+# Scores of change between frames: an image (a 1-frame clip) has none, so their limits skip it.
+MOTION_COLUMNS = frozenset({"motion", "jitter"})
 # Which score column each level limit reads.
 LIMITS: dict[str, str] = {
     "min_aesthetic": "aesthetic",
@@ -59,17 +68,32 @@ def joined_view(clips: pa.Table, scores: dict[str, pa.Table], captions: pa.Table
     return view.append_column("laplacian_var", laplacian).sort_by("id")
 
 
+def is_image(view: pa.Table) -> np.ndarray:
+    """(N,) bool: which clips of `view` are images (one frame)."""
+    frames = view.column("num_frames").to_numpy(zero_copy_only=False).astype(np.float64)
+    return frames == 1
+
+
 def evaluated(view: pa.Table) -> dict[str, bool]:
-    """Whether each score column holds any value, i.e. its scorer ran."""
-    return {
-        column: view.column(column).null_count < view.num_rows
-        for column in {*SCALAR_SCORES.values(), "laplacian_var"}
-    }
+    """Whether each score column holds any value, i.e. its scorer ran. Motion and jitter are
+    judged on the video clips only (images have none); with no video clip at all they count
+    as evaluated, as there is nothing their limits could drop."""
+    images = is_image(view)
+    ran = {}
+    for column in {*SCALAR_SCORES.values(), "laplacian_var"}:
+        values = view.column(column)
+        if column in MOTION_COLUMNS:
+            values = values.filter(pa.array(~images))
+            ran[column] = len(values) == 0 or values.null_count < len(values)
+        else:
+            ran[column] = values.null_count < len(values)
+    return ran
 
 
 def passes(view: pa.Table, level: PyramidLevel, ran: dict[str, bool]) -> np.ndarray:
-    """(N,) bool: which clips of `view` meet `level`'s own limits."""
+    """(N,) bool: which clips of `view` meet `level`'s own limits (images: module doc)."""
     ok = np.ones(view.num_rows, dtype=bool)
+    images = is_image(view)
 
     def values(column: str) -> np.ndarray:
         # Missing → NaN, and every comparison with NaN is False: the clip fails.
@@ -79,16 +103,17 @@ def passes(view: pa.Table, level: PyramidLevel, ran: dict[str, bool]) -> np.ndar
         bound = getattr(level, limit)
         if bound is None or not ran[column]:
             continue
+        exempt = images if column in MOTION_COLUMNS else False
         if column == "laplacian_var":
             ok &= _mostly_sharp(view.column(column), bound)
         elif limit.startswith("min_"):
-            ok &= values(column) >= bound
+            ok &= (values(column) >= bound) | exempt
         else:
-            ok &= values(column) <= bound
+            ok &= (values(column) <= bound) | exempt
     if level.min_duration_s is not None:
-        ok &= values("duration_s") >= level.min_duration_s
+        ok &= (values("duration_s") >= level.min_duration_s) | images
     if level.max_duration_s is not None:
-        ok &= values("duration_s") <= level.max_duration_s
+        ok &= (values("duration_s") <= level.max_duration_s) | images
     if level.min_side is not None:
         ok &= np.minimum(values("width"), values("height")) >= level.min_side
     if level.require_caption:
@@ -132,7 +157,8 @@ def build_levels(
 
 
 def level_rows(view: pa.Table, level: str) -> pa.Table:
-    """Rows of table pyramid_<level>, with the training text (caption + fps + motion)."""
+    """Rows of table pyramid_<level>, with the training text (caption + fps + motion; an
+    image's fps and motion are null, so its text is the caption alone)."""
     rows = view.to_pylist()
     for row in rows:
         caption = row["caption"]

@@ -65,6 +65,7 @@ from osora.data.operator import (
     environment_cause,
     is_transient,
 )
+from osora.data.runner_ray import _map_ray
 from osora.schemas import schema_of
 
 if TYPE_CHECKING:
@@ -348,8 +349,8 @@ def process_row(op: Operator, row: Row, key: str, policy: RowPolicy) -> list[Row
 
     The time limit is a SIGALRM in the worker: it interrupts Python code and subprocess waits
     (subprocess.run kills its child when interrupted), so a stuck ffmpeg cannot hold a worker.
-    Signals need the main thread; Ray Data calls operators on another thread, where the limit
-    is not enforced by the runner (operators still bound their own ffmpeg calls).
+    Signals need the main thread; on other threads (Ray Data) osora.data.runner_ray enforces
+    the limit with a watchdog.
     """
     marker = {INPUT: str(row[key]), STATUS: EMPTY, REASON: None}
     for attempt in range(policy.retries + 1):
@@ -498,55 +499,6 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=5)
-
-
-# -- Ray Data backend --------------------------------------------------------------------------
-
-
-class _RayRows:
-    """A Ray Data map_batches callable: setup once per actor, one work-log list per row."""
-
-    def __init__(self, op: Operator, key: str, policy: RowPolicy, schema: pa.Schema):
-        op.setup()
-        self.op, self.key, self.policy, self.schema = op, key, policy, schema
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out: list[Row] = []
-        for row in batch.to_pylist():
-            out.extend(process_row(self.op, row, self.key, self.policy))
-        return pa.Table.from_pylist(out, schema=self.schema)
-
-
-def _map_ray(
-    op: Operator, rows: Iterator[Row], key: str, params: RunnerParams
-) -> Iterator[list[Row]]:
-    import ray
-
-    if not ray.is_initialized():
-        if params.ray_address:  # a cluster: its nodes must have osora installed (Dockerfile)
-            ray.init(address=params.ray_address, log_to_driver=False)
-        else:  # local Ray: workers import what this process imports
-            import os
-
-            path = os.pathsep.join(p for p in sys.path if p)
-            ray.init(num_cpus=params.workers, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
-    materialised = list(rows)
-    if not materialised:
-        return
-    dataset = ray.data.from_items(materialised).map_batches(
-        _RayRows,
-        fn_constructor_args=(op, key, RowPolicy.of(params),
-                             work_schema(schema_of(op.output_table))),
-        batch_size=1,
-        batch_format="pyarrow",
-        concurrency=params.workers,
-    )
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        by_input: dict[str, list[Row]] = {}
-        for r in batch.to_pylist():
-            by_input.setdefault(r[INPUT], []).append(r)
-        yield from by_input.values()
 
 
 # -- helpers -----------------------------------------------------------------------------------

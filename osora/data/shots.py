@@ -14,20 +14,34 @@ reports both filters' values for every frame, and nothing has to be split or syn
 A cut is a frame whose scdet score (0–100) exceeds `scene_threshold`: the first frame of a new
 shot. scdet scores a frame by min(difference to the previous frame, change of that difference),
 so steady large motion (camera shake, pans) scores low and only an abrupt change scores high.
+
+An image (`kind` "image") has one frame, so no scene detection runs: its row has num_frames 1,
+no cuts and a null fps. Its black border is still measured, by the same cropdetect (alone in
+the chain) on its one frame: a letterboxed still (a frame grab, a screenshot) trains on its
+picture like a letterboxed video. With one frame there are no others to outvote a dark edge, so
+an image whose edge rows are darker than `border_limit` all the way across (a night sky) is
+cropped there, as a video whose every frame is that dark would be.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from osora.config.data import ShotsParams
 from osora.data.operator import Operator, OperatorError, Row
 from osora.media.ffmpeg import FFmpegError, parse_metadata_print, run_ffmpeg
+
+if TYPE_CHECKING:
+    from osora.config.store import StoreSettings
+    from osora.fetch import FileCache
 
 # Fraction of frames whose border measurement may be an outlier on each side, e.g. a subtitle
 # drawn into the letterbox bar (the bar looks like picture) on a few frames, or a fade to black.
@@ -44,20 +58,21 @@ def ffmpeg_input(path: str | os.PathLike) -> str:
     return "file:" + str(Path(path).resolve())
 
 
-def local_video(row: Row) -> Path:
-    """The local file of a `videos` row; OperatorError naming the row when there is none."""
+@contextmanager
+def local_video(row: Row, files: FileCache) -> Iterator[Path]:
+    """The local file of a `videos` row (an s3:// video fetched into the cache), valid inside
+    the `with`; OperatorError naming the row and uri when there is none."""
     uri = row.get("uri")
     if not uri:
         raise OperatorError(f"video {row.get('id')}: the row has no uri")
-    if "://" in uri:
-        raise OperatorError(
-            f"video {row.get('id')}: {uri} is not a local file; shot analysis reads local paths "
-            "(fetch the file first, e.g. with Store.local_path)"
-        )
-    path = Path(uri)
-    if not path.is_file():
-        raise OperatorError(f"video {row.get('id')}: no such file {uri}")
-    return path
+    with ExitStack() as stack:
+        try:
+            path = stack.enter_context(files.local_path(uri))
+        except FileNotFoundError:
+            path = None
+        if path is None or not path.is_file():
+            raise OperatorError(f"video {row.get('id')}: no such file {uri}")
+        yield path
 
 
 class ShotDetector(Operator):
@@ -65,11 +80,25 @@ class ShotDetector(Operator):
 
     output_table = "shots"
 
-    def __init__(self, params: ShotsParams):
+    def __init__(self, params: ShotsParams, store: StoreSettings | None = None):
         self.params = params
+        # Where s3:// videos are fetched from and cached (private: not part of describe(),
+        # and it holds the credentials). None: default S3 settings and cache.
+        self._store_settings = store
+        self._files: FileCache | None = None
 
     def process(self, row: Row) -> list[Row]:
-        path = local_video(row)
+        if self._files is None:
+            from osora.fetch import FileCache
+
+            self._files = FileCache.from_settings(self._store_settings)
+        with local_video(row, self._files) as path:
+            return self._shots(path, row)
+
+    def _shots(self, path: Path, row: Row) -> list[Row]:
+        """The `shots` row of the video file at `path`."""
+        if row.get("kind") == "image":
+            return [self._image_shot(path, row)]
         frames = self._frame_metadata(path, row)
         width, height = _frame_size(row, frames)
         scores = _column(frames, "lavfi.scd.score", path)  # (T,) scdet score of each frame
@@ -84,13 +113,25 @@ class ShotDetector(Operator):
             "crop_x": x, "crop_y": y, "crop_w": w, "crop_h": h,
         }]
 
-    def _frame_metadata(self, path: Path, row: Row) -> list[dict[str, str]]:
-        """Decode the video once through the analysis chain; one metadata dict per frame."""
+    def _image_shot(self, path: Path, row: Row) -> Row:
+        """An image's `shots` row: one frame, no cuts, no fps, the crop of its picture."""
+        frames = self._frame_metadata(path, row, border_filter(self.params))
+        width, height = _frame_size(row, frames)
+        edges = np.stack([_column(frames[:1], f"lavfi.cropdetect.{k}", path)
+                          for k in _CROP_KEYS], axis=1)  # (1, 4) x1, y1, x2, y2 of the picture
+        x, y, w, h = robust_crop(edges, width, height)
+        return {"id": row["id"], "num_frames": 1, "fps": None, "cut_frames": [],
+                "crop_x": x, "crop_y": y, "crop_w": w, "crop_h": h}
+
+    def _frame_metadata(self, path: Path, row: Row, vf: str | None = None
+                        ) -> list[dict[str, str]]:
+        """Decode the video once through the analysis chain (or the filter `vf`); one metadata
+        dict per frame."""
         args = [
             "-threads", str(self.params.threads), "-i", ffmpeg_input(path),
             "-map", "0:v:0", "-an", "-sn", "-dn",
             "-filter_threads", str(self.params.threads),
-            "-vf", analysis_filter(self.params, row.get("width")),
+            "-vf", vf or analysis_filter(self.params, row.get("width")),
             "-f", "null", "-",
         ]
         try:
@@ -111,15 +152,25 @@ def analysis_filter(params: ShotsParams, width: int | None) -> str:
     8-bit; `reset=1` measures every frame on its own (the robust crop is taken afterwards) and
     `skip=0` measures the first frames too. Frames narrower than analysis_width are not upscaled.
     """
-    limit = min(params.border_limit / 255, 0.9999)  # ≥ 1 would mean an absolute level
     target = params.analysis_width if not width else min(params.analysis_width, width)
     target = max(2, target // 2 * 2)  # even: scale's -2 keeps the height even too
     return (
-        f"cropdetect=limit={limit:.6f}:round=2:reset=1:skip=0,"
+        f"{_cropdetect(params)},"
         f"scale={target}:-2:flags=bilinear,"
         f"scdet=threshold={params.scene_threshold},"
         "metadata=mode=print:file=-"
     )
+
+
+def border_filter(params: ShotsParams) -> str:
+    """An image's analysis chain: cropdetect alone (as in `analysis_filter`), no scene cuts."""
+    return f"{_cropdetect(params)},metadata=mode=print:file=-"
+
+
+def _cropdetect(params: ShotsParams) -> str:
+    """cropdetect measuring every frame on its own, its black level a fraction of full scale."""
+    limit = min(params.border_limit / 255, 0.9999)  # ≥ 1 would mean an absolute level
+    return f"cropdetect=limit={limit:.6f}:round=2:reset=1:skip=0"
 
 
 def cut_frames(scores: np.ndarray, threshold: float) -> list[int]:

@@ -15,10 +15,11 @@ from osora.models.tiling import TileSpec, tiled_decode, tiled_encode
 
 def fit_to_ae(video: torch.Tensor, ae) -> torch.Tensor:
     """(T, H, W, 3) uint8 → (1, 3, T', H', W') in [-1, 1]: the most frames the AE's rule
-    allows (causal 1 + k·td, else k·td), sides cut to multiples of its spatial factor."""
+    allows (causal 1 + k·td, else k·td; an image's one frame for both), sides cut to multiples
+    of its spatial factor."""
     t, h, w = video.shape[:3]
     td, sd = ae.temporal_down, ae.spatial_down
-    frames = 1 + (t - 1) // td * td if ae.causal else t // td * td
+    frames = 1 + (t - 1) // td * td if ae.causal or t == 1 else t // td * td
     hh, ww = h // sd * sd, w // sd * sd
     if frames < 1 or hh < sd or ww < sd:
         raise ValueError(

@@ -11,10 +11,18 @@ from osora.media.ffmpeg import (
     filter_metadata,
     run_ffmpeg,
 )
-from osora.media.probe import ProbeError, VideoInfo, bits_per_pixel, probe
+from osora.media.probe import (
+    ImageInfo,
+    ProbeError,
+    VideoInfo,
+    bits_per_pixel,
+    probe,
+    probe_image,
+)
 
 __all__ = [
     "FFmpegError",
+    "ImageInfo",
     "ProbeError",
     "VideoInfo",
     "bits_per_pixel",
@@ -22,5 +30,6 @@ __all__ = [
     "ffmpeg_exe",
     "filter_metadata",
     "probe",
+    "probe_image",
     "run_ffmpeg",
 ]

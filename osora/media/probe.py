@@ -9,6 +9,9 @@ absurd dimensions cannot exhaust memory.
 Width and height are as displayed: a phone video stored landscape with a 90° display rotation
 reports portrait dimensions, the orientation ffmpeg's command line (which rotates automatically)
 gives every later stage.
+
+`probe_image` reads a still image (JPEG, PNG, WebP) the same way: one decoded picture, its size
+as displayed (a JPEG's EXIF orientation arrives as the same display rotation), no time axis.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 # Largest frame probe will decode (8192 × 8192, above 8K UHD's 7680 × 4320): a header claiming
 # more is treated as broken rather than trusted with gigabytes of frame buffers.
@@ -28,7 +32,7 @@ TAIL_S = 1.0
 
 
 class ProbeError(ValueError):
-    """A file that is not a readable video; `path` and `reason` say which and why."""
+    """A file that is not a readable video (or image); `path` and `reason` say which and why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = Path(path)
@@ -58,6 +62,9 @@ class VideoInfo:
     def aspect_ratio(self) -> float:
         """Width over height, the ratio RECIPE §1 bounds to [1/3, 3]."""
         return self.width / self.height
+
+
+_Info = TypeVar("_Info", VideoInfo, "ImageInfo")
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -93,6 +100,59 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if info.width <= 0 or info.height <= 0 or info.fps <= 0 or info.duration_s <= 0:
         raise ProbeError(path, f"implausible stream properties {info}")
     return info
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A still image's properties: width and height as displayed (after `rotation`, the EXIF
+    orientation FFmpeg exports as a display matrix, which ffmpeg's command line applies too),
+    and the decoder's name ("mjpeg", "png", "webp")."""
+
+    width: int
+    height: int
+    codec: str
+    size_bytes: int
+    rotation: int = 0
+
+
+def probe_image(path: str | os.PathLike) -> ImageInfo:
+    """Probe a still image (JPEG, PNG, WebP: whatever FFmpeg decodes); ProbeError if it is not
+    one readable picture. An animated image (a second frame decodes) is refused rather than cut
+    to its first frame: it is a video, and would be trained as a still without anyone knowing.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(path, "no such file")
+    size_bytes = path.stat().st_size
+    if size_bytes == 0:
+        raise ProbeError(path, "empty file")
+    try:
+        with av.open(os.path.abspath(path)) as container:
+            if not container.streams.video:
+                raise ProbeError(path, "no picture in the file")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            if ctx.width * ctx.height > MAX_PIXELS:
+                raise ProbeError(path, f"image size {ctx.width}x{ctx.height} is over the "
+                                 f"{MAX_PIXELS:,}-pixel limit")
+            frames = container.decode(stream)
+            first = next(frames, None)
+            if first is None:
+                raise ProbeError(path, "no decodable picture")
+            if next(frames, None) is not None:
+                raise ProbeError(path, "an animated image (more than one frame): convert it to "
+                                 "a video (e.g. mp4) to ingest it as one")
+            info = ImageInfo(first.width, first.height, ctx.name, size_bytes)
+    except ProbeError:
+        raise
+    except (av.FFmpegError, OSError, EOFError, ValueError) as err:
+        words = getattr(err, "strerror", None) or str(err)
+        raise ProbeError(path, f"{type(err).__name__}: {words}") from err
+    if info.width <= 0 or info.height <= 0:
+        raise ProbeError(path, f"implausible image properties {info}")
+    return _as_displayed(info, first.rotation)
 
 
 def bits_per_pixel(info: VideoInfo) -> float:
@@ -139,7 +199,7 @@ def _check_frame_size(path: Path, info: VideoInfo) -> None:
         )
 
 
-def _as_displayed(info: VideoInfo, rotation: int | None) -> VideoInfo:
+def _as_displayed(info: _Info, rotation: int | None) -> _Info:
     """Swap width and height for a quarter-turn display rotation (see VideoInfo)."""
     rotation = round(rotation or 0) % 360
     if rotation % 180 == 90:

@@ -100,12 +100,16 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def latent_frames(frames: int, temporal_down: int, causal: bool) -> int:
-    """Latent frames T' of a T-frame video: causal 1 + (T−1)/td (129 → 33), else T/td.
+    """Latent frames T' of a T-frame video: causal 1 + (T−1)/td (129 → 33), else T/td; an
+    image (T = 1) is one latent frame either way (the non-causal Video DC-AE skips its temporal
+    halvings on a single frame, as the reference does).
 
-    Raises ValueError when T does not fit the rule (causal: T = 1 + k·td; else T = k·td).
+    Raises ValueError when T does not fit the rule (causal: T = 1 + k·td; else T = k·td or 1).
     """
     _check_positive("frames", frames)
     _check_positive("temporal_down", temporal_down)
+    if frames == 1:
+        return 1
     if causal:
         if (frames - 1) % temporal_down:
             below = 1 + (frames - 1) // temporal_down * temporal_down

@@ -11,8 +11,19 @@ reference's bucket sizes. The clip is then resized to cover that size and centre
 (osora.data.latents).
 
 In time a clip goes to the largest allowed frame count not above its own frame count; every
-allowed count must be one the AE accepts (non-causal: T = k·td; causal: T = 1 + k·td). A clip
-shorter than the smallest count has no bucket.
+allowed count must be one the AE accepts (non-causal: T = k·td; causal: T = 1 + k·td; both: 1).
+A clip shorter than the smallest count has no bucket.
+
+Count 1 is the image bucket: an image (a 1-frame clip) goes there and nowhere else, and a
+video clip never does (a clip shorter than every other count has no bucket rather than being
+trained as a still of its first frame), as in the reference (Open-Sora v2
+`Bucket.get_bucket_id`: T == 1 looks only for bucket 1, videos skip it). Both AEs encode one
+frame into one latent frame: the causal VAE's first latent frame is its first frame alone
+(1 + 0·td), and the non-causal Video DC-AE skips its temporal halvings while the time axis
+has length 1, rather than repeating the image td times (the reference `dc_ae` does the same: on
+T == 1 its down blocks' shortcut skips the temporal pixel-unshuffle, its strided conv keeps
+length 1, and its up blocks skip the temporal upsampling, so one frame is one latent frame and
+decodes to one).
 
 Pure Python (no torch): the data stages and the DiT loader share it. DiT training extends it
 with a batch size per bucket.
@@ -41,10 +52,10 @@ class Bucket:
 
 def fits_ae(frames: int, temporal_down: int, causal: bool) -> bool:
     """Whether an AE with this temporal compression encodes `frames` frames: non-causal
-    T = k·td (k ≥ 1), causal T = 1 + k·td (k ≥ 0; 1 is a lone frame)."""
+    T = k·td (k ≥ 1) or 1 (an image), causal T = 1 + k·td (k ≥ 0; 1 is a lone frame)."""
     if causal:
         return frames >= 1 and (frames - 1) % temporal_down == 0
-    return frames >= temporal_down and frames % temporal_down == 0
+    return frames == 1 or (frames >= temporal_down and frames % temporal_down == 0)
 
 
 def check_frame_counts(counts: Iterable[int], temporal_down: int,
@@ -61,7 +72,7 @@ def check_frame_counts(counts: Iterable[int], temporal_down: int,
         raise ValueError(f"frame counts repeated: {repeated}; list each count once")
     bad = [c for c in counts if not isinstance(c, int) or not fits_ae(c, temporal_down, causal)]
     if bad:
-        rule = (f"1 + k·{temporal_down}" if causal else f"k·{temporal_down}")
+        rule = (f"1 + k·{temporal_down}" if causal else f"k·{temporal_down} or 1 (images)")
         kind = "causal" if causal else "non-causal"
         hints = ", ".join(f"{c} → {' or '.join(map(str, _nearest(c, temporal_down, causal)))}"
                           for c in bad)
@@ -139,8 +150,12 @@ class BucketSpec:
         bucket_size(1, 1, self.resolution, self.multiple)  # validates both
 
     def frames_for(self, num_frames: int) -> int | None:
-        """The largest allowed count ≤ num_frames; None when the clip is shorter than all."""
-        fitting = [c for c in self.frame_counts if c <= num_frames]
+        """The largest allowed count ≤ num_frames; None when the clip is shorter than all.
+        Count 1 is for images only: a 1-frame clip gets 1 (None when the set has no 1), a
+        longer clip never does (module docstring)."""
+        if num_frames == 1:
+            return 1 if 1 in self.frame_counts else None
+        fitting = [c for c in self.frame_counts if 1 < c <= num_frames]
         return fitting[-1] if fitting else None
 
     def assign(self, width: int, height: int, num_frames: int) -> Bucket | None:

@@ -32,6 +32,9 @@ def test_clips_are_cut_to_the_ae_rules():
     torch.testing.assert_close(x[0, :, 0, 0, 0], video()[0, 3, 1].float() / 127.5 - 1)
     with pytest.raises(ValueError, match="too small for this AE"):
         fit_to_ae(video(frames=3), dcae)
+    # an image (a 1-frame clip) is one frame for either AE
+    assert fit_to_ae(video(frames=1), dcae).shape == (1, 3, 1, 64, 88)
+    assert fit_to_ae(video(frames=1), hunyuan).shape == (1, 3, 1, 64, 88)
 
 
 def test_metrics_equal_the_reference_functions_tiled_or_not():

@@ -74,11 +74,18 @@ def test_non_causal_latent_frames(frames, expected):
     assert pixel_frames(expected, 4, causal=False) == frames
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_an_image_is_one_latent_frame(causal):
+    # the causal VAE's first latent frame is the first frame alone; the non-causal DC-AE skips
+    # its temporal halvings on a single frame (osora.models.dcae, as the reference)
+    assert latent_frames(1, 4, causal=causal) == 1
+
+
 @pytest.mark.parametrize(("frames", "causal", "hint"), [
     (128, True, "needs 1 + k·4 frames (e.g. 125 or 129), got 128"),
     (130, True, "e.g. 129 or 133"),
     (129, False, "needs k·4 frames (e.g. 128 or 132), got 129"),
-    (1, False, "(e.g. 4)"),
+    (2, False, "(e.g. 4)"),
     (0, True, "frames must be an int ≥ 1"),
 ])
 def test_latent_frames_rejects_misfit(frames, causal, hint):

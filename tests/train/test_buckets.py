@@ -56,13 +56,26 @@ def test_causal_frames_are_4k_plus_1_up_to_129():
     assert Bucket(129, 192, 336).name == "129x192x336"
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_one_frame_bucket_is_for_images_only(causal):
+    counts = (1, 16, 32) if not causal else (1, 17, 33)
+    spec = BucketSpec(64, 8, counts, temporal_down=4, causal=causal)
+    assert spec.frames_for(1) == 1  # an image
+    assert spec.frames_for(10) is None  # a short video is not trained as its first frame
+    assert spec.frames_for(40) == counts[2]
+    assert spec.assign(320, 240, 1) == Bucket(1, 56, 72)
+    without = BucketSpec(64, 8, counts[1:], temporal_down=4, causal=causal)
+    assert without.frames_for(1) is None and without.assign(320, 240, 1) is None
+
+
 def test_frame_counts_come_back_sorted():
     assert check_frame_counts([32, 16], 4, causal=False) == (16, 32)
 
 
 @pytest.mark.parametrize(
     ("frames", "td", "causal"),
-    [(1, 4, True), (5, 4, True), (129, 4, True), (4, 4, False), (32, 4, False), (8, 8, False)],
+    [(1, 4, True), (5, 4, True), (129, 4, True), (4, 4, False), (32, 4, False), (8, 8, False),
+     (1, 4, False)],  # 1: an image, for either AE
 )
 def test_counts_the_ae_takes(frames, td, causal):
     assert fits_ae(frames, td, causal)

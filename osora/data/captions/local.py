@@ -47,6 +47,11 @@ class LocalCaptioner(Captioner):
         self._processor: Any = None
         self._model: Any = None
 
+    @property
+    def num_gpus(self) -> float:
+        """One GPU per worker when the VLM runs on CUDA (CaptionOperator passes it on)."""
+        return 1.0 if self.params.device.startswith("cuda") else 0.0
+
     def setup(self) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor

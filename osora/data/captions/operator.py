@@ -8,7 +8,9 @@ Input rows are `clips` rows joined with their source video's caption:
                                manifest caption; None when the video came without one
 
 The operator samples `num_frames` evenly spaced frames of the clip (none for the sidecar
-backend), asks the backend, and writes {id, caption, captioner, prompt_version}. A clip without
+backend), asks the backend, and writes {id, caption, captioner, prompt_version}. An image's clip
+has one frame, so a VLM gets that one frame (fewer than asked, as for any short clip), and the
+sidecar backend passes on its `<stem>.txt` like a video's. A clip without
 a caption (no sidecar text, endpoint kept failing, empty reply, unreadable file) is quarantined
 with the reason; a misconfigured backend stops the run (CaptionerConfigError).
 """
@@ -78,6 +80,12 @@ class CaptionOperator(Operator):
         self.captioner = build_captioner(params)  # cheap: models load in setup()
         self._store_settings = store
         self._store: Any = None
+
+    @property
+    def num_gpus(self) -> float:
+        """The GPUs its backend's model needs on each worker: the local VLM's on CUDA; none for
+        the sidecar and openai backends, whose work is elsewhere."""
+        return float(getattr(self.captioner, "num_gpus", 0.0))
 
     def setup(self) -> None:
         self.captioner.setup()

@@ -29,6 +29,13 @@ class AestheticScorer(ClipScorer):
     requires = ("torch", "transformers", "safetensors")
     params: AestheticParams
 
+    @property
+    def num_gpus(self) -> float:
+        """One GPU per worker when CLIP runs on CUDA (the Ray backend requests it); none when
+        the scorer is off, as it then loads no model."""
+        on_cuda = self.params.device.startswith("cuda")
+        return 1.0 if on_cuda and self.available() is None else 0.0
+
     def available(self) -> str | None:
         if self.params.clip_path is None or self.params.head_path is None:
             return (

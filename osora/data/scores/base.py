@@ -5,6 +5,11 @@ which table and columns they fill and implement `score(path, clip)`; this base f
 (a local file, or a temporary download from S3), names the clip in every error, and — when the
 scorer cannot run (no weights configured, a package missing) — writes nulls instead of numbers,
 so the pyramid sees the filter as off rather than trusting a made-up score.
+
+A score about change between frames (motion, jitter: `min_frames` 2) means nothing for a clip
+of one frame, an image: such a clip gets a null score without its file being read, not a 0,
+which would say "a static video". Scores of the picture itself (blur, OCR, aesthetic) measure
+an image's one frame.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class ClipScorer(Operator):
     score_columns: ClassVar[tuple[str, ...]]
     #: Importable modules the scorer needs; a missing one turns it off with a reason.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Frames a clip needs for the score to mean anything; a shorter clip (an image has one)
+    #: gets null scores (module docstring).
+    min_frames: ClassVar[int] = 1
 
     def __init__(self, params: BaseModel, store: StoreSettings):
         self.params = params
@@ -85,11 +93,17 @@ class ClipScorer(Operator):
         missing or cannot be decoded. Calls setup() first if the runner did not."""
         self.setup()
         clip_id = row["id"]
-        if self._unavailable is not None:
+        if self._unavailable is not None or self._too_few_frames(row):
             return [{"id": clip_id, **dict.fromkeys(self.score_columns)}]
         scores = with_clip_file(self._store, row["uri"], lambda path: self.score(path, row),
                                 stage=self.name, clip_id=clip_id, doing="scored")
         return [{"id": clip_id, **scores}]
+
+    def _too_few_frames(self, row: Row) -> bool:
+        """Whether the clips row counts fewer frames than the score needs (an unknown count
+        is left to `score`, which reads the file)."""
+        frames = row.get("num_frames")
+        return isinstance(frames, int) and frames < self.min_frames
 
     @abstractmethod
     def score(self, path: Path, clip: Row) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class JitterScorer(ClipScorer):
     output_table = "score_jitter"
     score_columns = ("jitter",)
     requires = ("scenedetect", "cv2")
+    min_frames = 2  # change between frames: an image (one frame) is null, not 0
     params: JitterParams
 
     def score(self, path: Path, clip: Row) -> dict[str, Any]:

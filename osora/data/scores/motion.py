@@ -25,6 +25,7 @@ class MotionScorer(ClipScorer):
     output_table = "score_motion"
     score_columns = ("motion",)
     requires = ("imageio_ffmpeg",)
+    min_frames = 2  # change between frames: an image (one frame) is null, not 0
     params: MotionParams
 
     def score(self, path: Path, clip: Row) -> dict[str, Any]:
