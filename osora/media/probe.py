@@ -17,6 +17,7 @@ as displayed (a JPEG's EXIF orientation arrives as the same display rotation), n
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -69,6 +70,24 @@ _Info = TypeVar("_Info", VideoInfo, "ImageInfo")
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Probe the first video stream of `path`; raise ProbeError if it is not a readable video."""
+    with _opened(path, "no video stream") as (path, container, stream, size_bytes):
+        info = _stream_info(container, stream, size_bytes)
+        _check_frame_size(path, info)
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise ProbeError(path, "no decodable video frame")
+        info = _as_displayed(info, frame.rotation)
+        _check_complete(path, container)
+    if info.width <= 0 or info.height <= 0 or info.fps <= 0 or info.duration_s <= 0:
+        raise ProbeError(path, f"implausible stream properties {info}")
+    return info
+
+
+@contextmanager
+def _opened(path: str | os.PathLike, no_stream: str):
+    """(path, container, first video stream, file size) of a non-empty file FFmpeg can open;
+    within, FFmpeg's and the OS's errors become a ProbeError naming the file. `no_stream` is
+    the reason when the file holds no picture stream."""
     import av
 
     path = Path(path)
@@ -81,15 +100,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         # An absolute path, so FFmpeg never reads a name such as "pipe:0" as a protocol.
         with av.open(os.path.abspath(path)) as container:
             if not container.streams.video:
-                raise ProbeError(path, "no video stream")
-            stream = container.streams.video[0]
-            info = _stream_info(container, stream, size_bytes)
-            _check_frame_size(path, info)
-            frame = next(container.decode(stream), None)
-            if frame is None:
-                raise ProbeError(path, "no decodable video frame")
-            info = _as_displayed(info, frame.rotation)
-            _check_complete(path, container)
+                raise ProbeError(path, no_stream)
+            yield path, container, container.streams.video[0], size_bytes
     except ProbeError:
         raise
     except (av.FFmpegError, OSError, EOFError, ValueError) as err:
@@ -97,9 +109,6 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         # reasons whatever the file is called, and a temporary copy's name never shows.
         words = getattr(err, "strerror", None) or str(err)
         raise ProbeError(path, f"{type(err).__name__}: {words}") from err
-    if info.width <= 0 or info.height <= 0 or info.fps <= 0 or info.duration_s <= 0:
-        raise ProbeError(path, f"implausible stream properties {info}")
-    return info
 
 
 @dataclass(frozen=True)
@@ -120,36 +129,19 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     one readable picture. An animated image (a second frame decodes) is refused rather than cut
     to its first frame: it is a video, and would be trained as a still without anyone knowing.
     """
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeError(path, "no such file")
-    size_bytes = path.stat().st_size
-    if size_bytes == 0:
-        raise ProbeError(path, "empty file")
-    try:
-        with av.open(os.path.abspath(path)) as container:
-            if not container.streams.video:
-                raise ProbeError(path, "no picture in the file")
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
-            if ctx.width * ctx.height > MAX_PIXELS:
-                raise ProbeError(path, f"image size {ctx.width}x{ctx.height} is over the "
-                                 f"{MAX_PIXELS:,}-pixel limit")
-            frames = container.decode(stream)
-            first = next(frames, None)
-            if first is None:
-                raise ProbeError(path, "no decodable picture")
-            if next(frames, None) is not None:
-                raise ProbeError(path, "an animated image (more than one frame): convert it to "
-                                 "a video (e.g. mp4) to ingest it as one")
-            info = ImageInfo(first.width, first.height, ctx.name, size_bytes)
-    except ProbeError:
-        raise
-    except (av.FFmpegError, OSError, EOFError, ValueError) as err:
-        words = getattr(err, "strerror", None) or str(err)
-        raise ProbeError(path, f"{type(err).__name__}: {words}") from err
+    with _opened(path, "no picture in the file") as (path, container, stream, size_bytes):
+        ctx = stream.codec_context
+        if ctx.width * ctx.height > MAX_PIXELS:
+            raise ProbeError(path, f"image size {ctx.width}x{ctx.height} is over the "
+                             f"{MAX_PIXELS:,}-pixel limit")
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            raise ProbeError(path, "no decodable picture")
+        if next(frames, None) is not None:
+            raise ProbeError(path, "an animated image (more than one frame): convert it to "
+                             "a video (e.g. mp4) to ingest it as one")
+        info = ImageInfo(first.width, first.height, ctx.name, size_bytes)
     if info.width <= 0 or info.height <= 0:
         raise ProbeError(path, f"implausible image properties {info}")
     return _as_displayed(info, first.rotation)

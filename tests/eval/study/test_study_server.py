@@ -1,25 +1,13 @@
 """The rating server over real HTTP (in-process, port 0): blinding, range requests, the API."""
 
 import json
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
 from study_fakes import ANSWER, COLOURS
 
-from osora.eval.study.build import build_study
-from osora.eval.study.server import RangeNotSatisfiable, StudyServer, byte_range
-
-
-@pytest.fixture
-def server(fake_models, tmp_path):
-    server = StudyServer(build_study(fake_models, tmp_path / "study", seed=5), ("127.0.0.1", 0))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+from osora.eval.study.server import RangeNotSatisfiable, byte_range
 
 
 def _get(server, path, headers=None):

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from email.message import Message
 from http import HTTPStatus
 
 import pytest
 from study_fakes import ANSWER
 
-from osora.eval.study.build import build_study
-from osora.eval.study.server import StudyServer, allowed_hosts, refusal
+from osora.eval.study.server import allowed_hosts, refusal
 
 PORT = 8765
 JSON = "application/json"
@@ -106,16 +104,6 @@ def test_bound_elsewhere_only_that_host_is_accepted():
 
 
 # Over real HTTP: http.client, so Host and every other header are exactly as written.
-
-@pytest.fixture
-def server(fake_models, tmp_path):
-    server = StudyServer(build_study(fake_models, tmp_path / "study", seed=5), ("127.0.0.1", 0))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
 
 def _request(server, method, path, headers, body=b""):
     """(status, Content-Type, body) of one request on a fresh connection, sending only
