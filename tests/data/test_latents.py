@@ -347,3 +347,15 @@ def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path
     again, metrics = run()
     assert again == receipt  # nothing changed: DVC skips what depends on it
     assert metrics["processed"] == 0 and metrics["resumed"] == 4
+
+
+def test_a_clip_in_s3_encodes_as_the_same_clip_on_disk(world, s3_server):
+    """Latents read clip files from an S3 store through the file cache, like a folder."""
+    root, _, weights, rows = world
+    settings = s3_server.store_settings(f"tests/latents-{root.name}")
+    key = "clips/v-wide/wide.mp4"
+    Store.from_settings(settings).put_file(Path(rows["wide"]["uri"]), key)
+    op = LatentEncoder(latents_params(), "t", AE, weights, settings)
+    [from_s3] = op.process({**rows["wide"], "uri": Store.from_settings(settings).file_uri(key)})
+    [on_disk] = encoder(world).process(rows["wide"])
+    assert from_s3["latent"] == on_disk["latent"]
