@@ -12,14 +12,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import _MOTO_SERVER, S3Server
+from s3_server import S3Server, moto_server
 
 from osora.config import load_settings
 from osora.config.store import StoreSettings
@@ -163,26 +161,6 @@ def test_two_processes_fetching_one_object_both_get_the_whole_file(s3_server, tm
     assert list(cached_files(tmp_path / "cache").values()) == [blob]  # no partial file left
 
 
-@contextmanager
-def own_s3_server(log_dir: Path) -> Iterator[tuple[S3Server, subprocess.Popen]]:
-    """A moto S3 server of this test's own (as tests/conftest.py starts the session's), so the
-    test can stop or freeze it."""
-    with open(log_dir / "moto.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        port = proc.stdout.readline().strip()
-        assert port.isdigit(), (log_dir / "moto.log").read_text()
-        server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", bucket="osora-outage")
-        server.client().create_bucket(Bucket=server.bucket)
-        yield server, proc
-    finally:
-        proc.kill()  # works on a frozen (SIGSTOP) server too
-        proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
-
-
 def videos_table() -> pa.Table:
     row = {"id": "a", "uri": "/raw/a.mp4", "size_bytes": 10, "fps": 24.0, "width": 64,
            "height": 48, "num_frames": 48, "codec": "h264",
@@ -194,7 +172,7 @@ def videos_table() -> pa.Table:
 def test_an_outage_fails_in_bounded_time_naming_the_endpoint(outage, tmp_path):
     """stopped: connections are refused. frozen (SIGSTOP): the kernel still accepts them but
     nothing answers, which only timeouts end (before them, ~240 s of silence)."""
-    with own_s3_server(tmp_path) as (server, proc):
+    with moto_server(tmp_path / "moto.log", "osora-outage") as (server, proc):
         settings = with_cache(server.store_settings("outage"), tmp_path / "cache", **FAST_S3)
         store = Store.from_settings(settings)
         store.write("videos", videos_table())
