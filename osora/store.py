@@ -417,7 +417,8 @@ class Store:
         ingesting the same files twice adds nothing and keeps their first `ingested_at`), or,
         with `update_matched`, replaced by `data`'s values (derived tables, whose values change
         with params). When nothing changes, no commit is made and the current version is
-        returned, so a rerun does not change the table. Creates the table if it does not exist.
+        returned, so a rerun does not change the table. Creates the table if it does not exist, and
+        rewrites it whole when its stored columns are an older schema's.
         """
         table = _conform(name, data)
         if isinstance(table, pa.RecordBatchReader):
@@ -438,6 +439,13 @@ class Store:
             return self.write(name, table, mode="create")
 
         dataset = self._open(name)
+        if dataset.schema.names != schema_of(name).names:
+            # Written before its schema gained a column (e.g. videos.kind): a merge cannot add
+            # one, so the table is rewritten whole as a new version and an old store keeps
+            # working after an upgrade.
+            log.info("%s: stored columns differ from osora.schemas: rewritten",
+                     self.table_uri(name))
+            return self.write(name, table, mode="overwrite")
         old = dataset.to_table(columns=[key]).column(key).combine_chunks()
         new = keys.combine_chunks()
         n_insert = len(new) - (pc.sum(pc.is_in(new, value_set=old)).as_py() or 0)

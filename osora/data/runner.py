@@ -65,6 +65,7 @@ from osora.data.operator import (
     environment_cause,
     is_transient,
 )
+from osora.data.processes import alive, descendants, kill
 from osora.data.runner_ray import _map_ray
 from osora.schemas import schema_of
 
@@ -417,20 +418,10 @@ def _exit_with_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_S)
-        _kill_children()
+        kill(descendants())
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _kill_children() -> None:
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
 
 
 def _worker_run(row: Row, key: str, policy: RowPolicy) -> list[Row]:
@@ -486,15 +477,9 @@ def _map_local(
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now: cancel queued work and kill its workers (and their children)."""
-    import psutil
-
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
-        try:
-            for child in psutil.Process(process.pid).children(recursive=True):
-                child.kill()
-        except psutil.Error:
-            pass
+        kill(descendants(process.pid))
         process.kill()
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
@@ -542,7 +527,7 @@ def run_temp_dir(stage: str) -> Iterator[Path]:
     base = Path(tempfile.gettempdir())
     for old in base.glob("osora-run-*"):
         match = _RUN_DIR.match(old.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             shutil.rmtree(old, ignore_errors=True)
     path = Path(tempfile.mkdtemp(prefix=f"osora-run-{os.getpid()}-", dir=base))
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
@@ -564,16 +549,6 @@ def run_temp_dir(stage: str) -> Iterator[Path]:
 
 def _exit_on_term(signum, frame):
     raise SystemExit(128 + signum)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _progress(total: int, stage: str, enabled: bool):

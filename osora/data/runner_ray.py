@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from osora.data.processes import descendants, kill
+
 if TYPE_CHECKING:
     from osora.config.data import RunnerParams
     from osora.data.operator import Operator, Row
@@ -204,7 +206,7 @@ class _Watchdog:
 
     def __enter__(self) -> _Watchdog:
         self._thread = threading.get_ident()
-        self._before = _descendants()
+        self._before = descendants()
         self._armed = True
         self._timer = threading.Timer(self.timeout_s, self._expire)
         self._timer.daemon = True
@@ -225,7 +227,7 @@ class _Watchdog:
             self._armed = False
             self._fired = True
             _raise_in(self._thread, _limit_passed(self.timeout_s))
-        _kill(_descendants() - self._before)
+        kill(descendants() - self._before)
 
 
 def _limit_passed(timeout_s: float) -> type[Exception]:
@@ -251,17 +253,3 @@ def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
 
 
-def _descendants() -> set[int]:
-    import psutil
-
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def _kill(pids: set[int]) -> None:
-    import psutil
-
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass

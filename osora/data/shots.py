@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from osora.config.data import ShotsParams
+from osora.data.clip_file import existing_file
 from osora.data.operator import Operator, OperatorError, Row
 from osora.media.ffmpeg import FFmpegError, parse_metadata_print, run_ffmpeg
 
@@ -65,13 +66,8 @@ def local_video(row: Row, files: FileCache) -> Iterator[Path]:
     uri = row.get("uri")
     if not uri:
         raise OperatorError(f"video {row.get('id')}: the row has no uri")
-    with ExitStack() as stack:
-        try:
-            path = stack.enter_context(files.local_path(uri))
-        except FileNotFoundError:
-            path = None
-        if path is None or not path.is_file():
-            raise OperatorError(f"video {row.get('id')}: no such file {uri}")
+    with existing_file(files.local_path, uri, f"video {row.get('id')}: no such file {uri}") \
+            as path:
         yield path
 
 

@@ -92,33 +92,15 @@ def publish(
 
 def sync_counted(store: Store, name: str, table: pa.Table) -> tuple[int, int]:
     """Sync `table` into the store by id (osora.store.Store.sync); the new version and how many
-    rows left the table (their ids are no longer in `table`).
-
-    A table written before its schema (osora.schemas) gained a column (e.g. `videos.kind`)
-    cannot take a merge of rows with the new column, so it is rewritten whole, as a new
-    version: an existing store keeps working after an upgrade instead of failing on a rerun."""
+    rows left the table (their ids are no longer in `table`)."""
     import pyarrow.compute as pc
 
-    from osora.schemas import schema_of
-
     before = store.read(name, columns=["id"]).column("id") if store.exists(name) else None
-    if before is not None and stored_columns(store, name) != schema_of(name).names:
-        version = store.write(name, table, mode="overwrite")
-    else:
-        version = store.sync(name, table, key="id", update_matched=True)
+    version = store.sync(name, table, key="id", update_matched=True)
     if before is None:
         return version, 0
     kept = pc.is_in(before, value_set=table.column("id").combine_chunks())
     return version, int(pc.sum(pc.invert(kept)).as_py() or 0)
-
-
-def stored_columns(store: Store, name: str) -> list[str]:
-    """The column names of the stored table `name` (its latest version), read from its
-    manifest without reading rows."""
-    import lance
-
-    dataset = lance.dataset(store.table_uri(name), storage_options=store.storage_options or None)
-    return dataset.schema.names
 
 
 def say(run: StageRun, lines: list[str]) -> None:
