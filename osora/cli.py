@@ -14,6 +14,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -78,7 +79,20 @@ def _results(args: argparse.Namespace) -> int:
     uri = tracking_uri(settings)
     print("MLflow UI (binds 127.0.0.1):")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    _print_previews(root)
     return 0
+
+
+def _print_previews(root: Path) -> None:
+    """The pictures of the samples, or how to make them: last, where a reader's eye lands."""
+    from osora.eval.preview import PREVIEW_DIR, existing_previews
+
+    found = existing_previews(root / PREVIEW_DIR)
+    if found:
+        print("Look at the samples:", ", ".join(str(p.relative_to(root)) for p in found))
+    else:
+        print(f"Sample previews ({PREVIEW_DIR}/): none yet, they appear after "
+              "`dvc repro dit_sample`")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,12 +7,14 @@ was interrupted; writes the weights (the EMA's when on) as safetensors.
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from osora.config import load_settings
 from osora.data.split import split_rows
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
+from osora.progress import progress_bar
 from osora.store import Store
 from osora.tracking import stage_run
 
@@ -71,6 +73,7 @@ def main() -> None:
             checkpoint_dir=checkpoints,
             log=curve,
             rank=dist.rank,
+            progress=partial(progress_bar, desc=STAGE),  # shown on rank 0
         )
 
         weights = objective.exported_weights()  # collective: every rank calls

@@ -13,11 +13,13 @@ checkpoint (config and text encoder in its metadata) to <models>/<stage>/dit.saf
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from osora.config import load_settings
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
+from osora.progress import progress_bar
 from osora.store import Store
 from osora.tracking import stage_run
 
@@ -60,6 +62,7 @@ def main() -> None:
         raise SystemExit(f"dit_train: no stage {args.stage!r} in params/dit.yaml train.stages "
                          f"({', '.join(params.train.stages)})")
     stage = params.train.stages[args.stage]
+    name = f"dit_{args.stage}"  # the DVC stage
     store = Store.from_settings(settings.store)
     dist = init_distributed(None if params.train.device == "cuda" else "gloo")
     device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
@@ -67,7 +70,7 @@ def main() -> None:
         context = context_layout(dist, stage.context_parallel)
     except ValueError as err:
         raise SystemExit(f"dit_train: stage {args.stage}: {err}") from None
-    with stage_run(f"dit_{args.stage}", settings, PARAMS, device=device) as run:
+    with stage_run(name, settings, PARAMS, device=device) as run:
         table = f"latents_{stage.latents}"
         if table not in read_receipt(args.latents):
             raise SystemExit(f"dit_train: {args.latents} has no table {table}; set "
@@ -90,14 +93,15 @@ def main() -> None:
         objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
         ref = read_receipt(args.latents)[table]
-        checkpoints = run_folder(workspace_root() / "checkpoints" / f"dit_{args.stage}",
+        checkpoints = run_folder(workspace_root() / "checkpoints" / name,
                                  params.model, params.train, stage, settings.buckets,
                                  ref.uri, ref.version, dist.world_size, text_encoder.identity)
         try:
             result = train(objective, prefetch,
                            loop_settings(params, args.stage, device),
                            checkpoint_dir=checkpoints, log=curve, rank=dist.rank,
-                           data_rank=context.dp_rank, on_event=run.log_event)
+                           data_rank=context.dp_rank, on_event=run.log_event,
+                           progress=partial(progress_bar, desc=name))  # shown on rank 0
         except RestartRequired as err:  # torchrun --max-restarts restarts it; it resumes
             print(f"dit_train: {err}", file=sys.stderr)
             sys.exit(HANG_EXIT_CODE)

@@ -16,7 +16,7 @@ LIGHT = ("osora.models.dcae", "osora.models.hunyuan_vae", "osora.models.discrimi
          "osora.sample.generate", "osora.sample.first_frame", "osora.sample.conditions",
          "osora.weights.mmdit", "osora.train.bucket_batches", "osora.train.throughput",
          "osora.train.recovery", "osora.train.prefetch", "osora.train.activation_checkpoint",
-         "osora.train.context_parallel")
+         "osora.train.context_parallel", "osora.progress")
 HEAVY = ("lance", "pyarrow", "mlflow", "dvc", "av", "transformers", "cv2", "pydantic", "yaml",
          "ray", "s3fs", "boto3", "scenedetect", "PIL", "optuna", "torchvision", "triton",
          "safetensors", "sentence_transformers")

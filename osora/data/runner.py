@@ -67,6 +67,7 @@ from osora.data.operator import (
 )
 from osora.data.processes import alive, descendants, kill
 from osora.data.runner_ray import _map_ray
+from osora.progress import progress_bar
 from osora.schemas import schema_of
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def run_operator(
         todo = inputs.filter(pc.invert(is_done))
         rows = (todo.slice(i, 1).to_pylist()[0] for i in range(todo.num_rows))
         backend = _map_local if params.backend == "local" else _map_ray
-        bar = _progress(todo.num_rows, stage, progress)
+        bar = progress_bar(todo.num_rows, stage, unit="row", enabled=progress)
         guard = QuarantineGuard(stage, params)
         processed = 0
         results = backend(op, rows, key, params)
@@ -549,9 +550,3 @@ def run_temp_dir(stage: str) -> Iterator[Path]:
 
 def _exit_on_term(signum, frame):
     raise SystemExit(128 + signum)
-
-
-def _progress(total: int, stage: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=stage, unit="row", disable=not enabled, file=sys.stderr)

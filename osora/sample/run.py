@@ -9,13 +9,14 @@ then i2v_head. Sample i of a prompt uses seed + i (its noise depends on nothing 
 
 from __future__ import annotations
 
-import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from osora.progress import progress_bar
 from osora.sample.conditions import IMAGE_KINDS, VIDEO_KINDS, media_condition, read_media
 from osora.sample.first_frame import FluxFirstFrame, MMDiTFirstFrame
 from osora.sample.generate import Guidance, VideoSampler, to_uint8_frames, video_latent_shape
@@ -169,20 +170,12 @@ def first_frame_model(settings, params, sampler: VideoSampler, device):
                            fps=params.fps)
 
 
-class _progress_bar:
-    """A tqdm bar on stderr advanced by the sampler's per-step callback (None when off)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.total, self.desc, self.enabled = total, desc, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, unit="step")
-        return lambda info: self.bar.update(1)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.close()
+@contextmanager
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """The sampler's per-step callback, advancing a progress display on stderr (None when
+    off)."""
+    if not enabled:
+        yield None
+        return
+    with progress_bar(total, desc) as bar:
+        yield lambda info: bar.update()

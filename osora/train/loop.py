@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from osora.progress import Progress
 from osora.train import checkpoint
 from osora.train.ema import EMA
 from osora.train.parallel import max_over_ranks, mean_over_ranks
@@ -118,18 +119,22 @@ def train(
     rank: int = 0,
     data_rank: int | None = None,
     on_event: Callable[[dict], None] | None = None,
+    progress: Callable[..., Progress] | None = None,
 ) -> LoopResult:
     """Run steps up to `settings.steps`, resuming from the newest checkpoint in
     `checkpoint_dir` if there is one; `log(metrics, step)` gets rank-averaged metrics on
     rank 0 every `log_every` steps and at the last step; `on_event(event)` gets every
     recovery event (osora.train.recovery) on every rank. `data_rank` (default: `rank`) seeds
-    the step's random draws: the ranks of a context-parallel group pass the same one."""
+    the step's random draws: the ranks of a context-parallel group pass the same one.
+    `progress(total=, initial=)` opens a display on rank 0 (e.g. `partial(osora.progress.
+    progress_bar, desc=stage)`), started at the resumed step and advanced by every step with
+    its loss (this rank's, unaveraged)."""
     rec = settings.recovery
     if rec.max_recoveries and checkpoint_dir is None:
         raise ValueError("recovery restores checkpoints: give checkpoint_dir")
     # The steps skipped after a fault travel in the checkpoints, so a resumed run skips them too
-    progress = checkpoint.ValueState({"skipped": ()})
-    state = {**objective.state(), "_loop": progress}
+    loop_state = checkpoint.ValueState({"skipped": ()})
+    state = {**objective.state(), "_loop": loop_state}
     for value in state.values():  # base learning rates, so every checkpoint has the same keys
         for optimizer in getattr(value, "optimizers", {}).values():
             for group in optimizer.param_groups:
@@ -168,6 +173,8 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, float] = {}
     step = start
+    bar = (progress(total=settings.steps, initial=start) if progress is not None and rank == 0
+           else Progress())
     if settings.gc_every:
         gc.disable()
     try:
@@ -175,7 +182,8 @@ def train(
             if watchdog is not None:
                 watchdog.beat(step)
             step_start = time.perf_counter()
-            if step not in progress["skipped"]:
+            metrics = {}
+            if step not in loop_state["skipped"]:
                 try:
                     metrics = _step(objective, batch_for, settings, step,
                                     rank if data_rank is None else data_rank, autocast,
@@ -192,9 +200,10 @@ def train(
                     recoveries += 1
                     event(fault.kind, step, fault.detail)
                     back = checkpoint.load(found, state)
-                    progress["skipped"] = (*progress["skipped"], step)
+                    loop_state["skipped"] = (*loop_state["skipped"], step)
                     event("restored", step, f"from the checkpoint of step {back}; step {step}'s "
                           f"batch is skipped ({recoveries} of {rec.max_recoveries} recoveries)")
+                    bar.update(back - step)
                     step = back
                     continue
                 for key, value in metrics.items():
@@ -207,6 +216,8 @@ def train(
                                           f"{step}; restart the run (it resumes)")
 
             done, window_steps = step + 1, window_steps + 1
+            loss = _main_loss(metrics)
+            bar.update(1, **({"loss": metrics[loss]} if loss else {}))
             if done % settings.log_every == 0 or done == settings.steps:
                 last = _window_metrics(window, time.perf_counter() - window_start,
                                        window_steps, settings.device)
@@ -224,6 +235,7 @@ def train(
         if saver is not None:
             saver.wait()  # the last checkpoint is complete before the run reports done
     finally:
+        bar.close()
         if watchdog is not None:
             watchdog.close()
         if settings.gc_every:
@@ -284,14 +296,19 @@ def _window_metrics(window: dict[str, list[float]], seconds: float, steps: int,
                                 tokens=int(work["_tokens"]), flops=work["_flops"],
                                 peak=peak_tflops(device)))
     means.update(memory_metrics(device))
-    losses = [k for k in means if k.endswith("/loss")]
-    if losses:  # the first update's loss is the run's loss (the AE's, not its critic's)
-        means["loss_metrics/global_avg_loss"] = means[losses[0]]
-        means["grad_norm"] = means[losses[0].replace("/loss", "/grad_norm")]
+    loss = _main_loss(means)
+    if loss:
+        means["loss_metrics/global_avg_loss"] = means[loss]
+        means["grad_norm"] = means[loss.replace("/loss", "/grad_norm")]
     out = mean_over_ranks(means)
-    if losses:
-        out["loss_metrics/global_max_loss"] = max_over_ranks(means[losses[0]])
+    if loss:
+        out["loss_metrics/global_max_loss"] = max_over_ranks(means[loss])
     return out
+
+
+def _main_loss(metrics: dict[str, float]) -> str | None:
+    """The key of the run's loss: the first update's (the AE's, not its critic's)."""
+    return next((k for k in metrics if k.endswith("/loss")), None)
 
 
 def _agreed(fault: tuple[str, str] | None) -> tuple[str, str] | None:

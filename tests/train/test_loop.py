@@ -1,15 +1,20 @@
 """The one training loop: updates in order, clipping, EMA, NaN guard, logging, and a resumed run
 that equals the uninterrupted one."""
 
+import io
 import math
+import re
+from functools import partial
 
 import pytest
 import torch
 from regression_objective import Regression
 from torch import nn
 
+from osora.progress import Progress, progress_bar
 from osora.train.ema import EMA
 from osora.train.loop import LoopSettings, NonFiniteLoss, train
+from osora.train.recovery import RecoverySettings
 
 
 def settings(steps: int, **kw) -> LoopSettings:
@@ -115,3 +120,60 @@ def test_gc_is_off_during_the_loop_and_back_on_after(tmp_path):
     train(Watching(), Regression.batch,
           LoopSettings(steps=4, grad_clip=1.0, log_every=2, checkpoint_every=10, gc_every=2))
     assert seen == [False] * 4 and gc.isenabled()
+
+
+class Recorder(Progress):
+    """What the loop shows: the position after each update and the loss given with it."""
+
+    opened: list["Recorder"] = []
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n = total, initial
+        self.positions, self.losses, self.closed = [], [], False
+        Recorder.opened.append(self)
+
+    def update(self, n=1, **postfix):
+        self.n += n
+        self.positions.append(self.n)
+        self.losses.append(postfix.get("loss"))
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def recorder():
+    Recorder.opened = []
+    return Recorder
+
+
+def test_every_step_advances_the_progress_with_its_loss_on_rank_0(recorder):
+    logged = []
+    train(Regression(), Regression.batch, settings(4), log=lambda m, s: logged.append(m),
+          progress=recorder)
+    (bar,) = recorder.opened
+    assert bar.total == 4 and bar.positions == [1, 2, 3, 4] and bar.closed
+    # each step's own loss: the logged window of steps 3-4 is their mean
+    assert sum(bar.losses[2:]) / 2 == pytest.approx(logged[-1]["reg/loss"])
+    train(Regression(), Regression.batch, settings(4), rank=1, progress=recorder)
+    assert len(recorder.opened) == 1  # other ranks show nothing
+
+
+def test_a_recovered_step_moves_the_progress_back(tmp_path, recorder):
+    train(Regression(poison_at=7), Regression.batch,
+          settings(10, recovery=RecoverySettings(max_recoveries=1)), checkpoint_dir=tmp_path,
+          progress=recorder)
+    (bar,) = recorder.opened
+    assert bar.positions == [*range(1, 8), 6, 7, 8, 9, 10]  # back to step 6, 7 skipped
+    assert bar.losses[9] is None  # the skipped step 7 has no loss
+
+
+def test_a_resumed_run_shows_progress_from_its_resumed_step(tmp_path):
+    train(Regression(), Regression.batch, settings(3), checkpoint_dir=tmp_path)
+    out = io.StringIO()
+    train(Regression(), Regression.batch, settings(7), checkpoint_dir=tmp_path,
+          progress=partial(progress_bar, desc="reg_train", stream=out))
+    first, last = out.getvalue().splitlines()  # well under 30 s: no line in between
+    assert first == "reg_train: resuming at step 3/7"
+    assert re.fullmatch(r"reg_train: step 7/7 \(100%\) loss [0-9.e-]+ · [0-9.]+ step/s · took 0s",
+                        last), last
