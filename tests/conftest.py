@@ -33,7 +33,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def synth_set(tmp_path_factory):
-    """The synthetic demo set of the tiny profile, generated once per test process.
+    """The synthetic demo set of the tiny profile without its training grid (160 more videos
+    of one kind; tests/data/test_synth.py covers the grid), generated once per test process.
 
     Returns (folder, list of SynthVideo). Treat it as read-only: copy files before changing.
     """
@@ -41,7 +42,8 @@ def synth_set(tmp_path_factory):
     from osora.data.synth import generate
 
     folder = tmp_path_factory.mktemp("synth")
-    videos = generate(load_settings(params_dir=REPO_ROOT / "params").data.synth, folder)
+    params = load_settings(params_dir=REPO_ROOT / "params").data.synth
+    videos = generate(params.model_copy(update={"grid": None}), folder)
     return folder, videos
 
 

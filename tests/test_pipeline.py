@@ -54,7 +54,7 @@ def test_repro_then_noop_then_only_dependent_stages_rerun(clone):
     # after it reruns.
     second = sh("dvc", "repro", cwd=clone)
     assert "Running stage 'ingest'" in second, second
-    assert re.search(r"0 new videos, 1\d unchanged", second), second
+    assert re.search(r"0 new videos, \d+ unchanged", second), second
     assert "Stage 'preprocess' didn't change, skipping" in second, second
     assert runs_per_stage(clone) == Counter(STAGES) + Counter(["ingest"])
 
@@ -123,7 +123,7 @@ def test_the_tiny_dcae_learns_and_its_latents_are_stored(clone):
 
     ae_eval = json.loads((clone / "metrics" / "ae_eval.json").read_text())
     assert ae_eval["psnr"] >= HELD_OUT_PSNR_DB, ae_eval
-    assert ae_eval["clips"] >= 2 and ae_eval["d_info"] == 48
+    assert ae_eval["clips"] >= 2 and ae_eval["d_info"] == 12  # 4×4×4×3 / 16 channels
     trained = json.loads((clone / "metrics" / "ae_train.json").read_text())
     params = load_settings(params_dir=clone / "params").ae
     assert trained["steps"] == params.train.phase1_steps + params.train.phase2_steps
@@ -138,8 +138,9 @@ def test_the_tiny_dcae_learns_and_its_latents_are_stored(clone):
         assert {r["frames"] for r in rows} <= set(latent_set.frames)
         row = rows[0]
         z = read_latent(row)  # (C, T', H', W')
-        assert z.shape == (16, row["frames"] // 4, row["height"] // 8, row["width"] // 8)
-        # area ≈ resolution² (sides rounded to multiples of 8)
+        down = 2 ** (len(params.dcae.widths) - 1)  # each down block halves the sides
+        assert z.shape == (16, row["frames"] // 4, row["height"] // down, row["width"] // down)
+        # area ≈ resolution² (sides rounded to multiples of 8: 4× AE, 2× patch)
         assert abs(row["height"] * row["width"] / latent_set.resolution**2 - 1) < 0.15
         sizes.add((row["height"], row["width"]))
     assert len(sizes) == len(params.latents.sets)  # the sets differ in resolution
@@ -171,23 +172,31 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
             dit.model)
 
     rates = json.loads((clone / "metrics" / "dit_sample.json").read_text())
-    assert rates["videos"] >= 10 and rates["scored"] >= 8, rates
-    assert 0 <= rates["colour_accuracy"] <= 1 and rates["colour_chance"] == 1 / 8
+    follow = load_settings(params_dir=clone / "params").eval.follow
+    held_out = (clone / "data" / "synth" / "held_out.txt").read_text().splitlines()
+    assert rates["held_out/videos"] == len(held_out) * 3 * follow.seeds  # at motion 0, 1, 2
+    assert rates["train/videos"] == follow.train_prompts * follow.seeds
+    assert rates["chance/colour"] == 1 / 8 and rates["chance/shape"] == 1 / 4
     assert 0.5 < rates["temporal_flickering"] < 1.0  # a moving shape, not frozen, not noise
-    # How well the 0.3M model follows prompts is a result, not a bar: the same code gave colour
-    # 0.45 and 0.18 in two CI clones (11 prompts; 3/11 is not even significant against 1/8),
-    # so docs/benchmarks.md reports it. What must hold is that the text reaches the model:
-    # every eval video has the same seed, so videos of different prompts differ only through
-    # the text (and fps / motion score). Seen: ≥ 11.6 mean |Δ| (8-bit) between any two.
-    videos = sorted((clone / "samples" / "dit").glob("*.mp4"))
-    assert len(videos) == rates["videos"]
+    # Generalisation, asserted only where it is statistically meaningful: the lower end of
+    # each 95% interval above chance (docs/benchmarks.md has the measured values).
+    for measure in ("colour", "shape", "direction"):
+        assert rates[f"held_out/{measure}_lo"] > rates[f"chance/{measure}"], (measure, rates)
+    assert rates["held_out/motion_rho_lo"] > 0, rates
+    # the text reaches the model: with the same seed, videos of different prompts differ
+    videos = sorted((clone / "samples" / "dit" / "held_out" / "motion_0").glob("*-0.mp4"))
+    assert len(videos) == len(held_out)
     frames = [read_video(v).astype(np.float32) for v in videos]
     assert min(np.abs(a - b).mean() for a, b in itertools.combinations(frames, 2)) > 2.0
     assert probe(videos[0]).num_frames == dit.sample.frames
-    assert 0 <= rates["shape_accuracy"] <= 1 and rates["shape_chance"] == 1 / 4
-    # motion asked for vs measured: each prompt's own score, plus 4 prompts at 0 and at 6
-    assert {"motion_abs_error", "motion_at_0", "motion_at_6"} <= rates.keys(), rates
-    assert len(list((clone / "samples" / "dit" / "motion_6").glob("*.mp4"))) == 4
+    # the pictures: a contact sheet with a row per video, and the animated preview
+    from PIL import Image
+
+    sheet = Image.open(clone / "reports" / "dit_sample" / "contact_sheet.png")
+    assert sheet.height > 100 * rates["videos"]
+    with Image.open(clone / "reports" / "dit_sample" / "preview.gif") as gif:
+        assert gif.n_frames == dit.sample.frames
+    assert "reports/dit_sample/contact_sheet.png" in sh(BIN / "osora", "results", cwd=clone)
 
     # VBench on the excerpt: only temporal flickering has no weights to wait for
     vbench = json.loads((clone / "metrics" / "vbench.json").read_text())

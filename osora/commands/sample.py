@@ -7,7 +7,7 @@ from pathlib import Path
 
 # command-line flag → params/dit.yaml:sample field (given flags override the params)
 OVERRIDES = {"frames": int, "height": int, "width": int, "fps": int, "steps": int,
-             "g_img": float, "g_txt": float, "seed": int, "num_samples": int,
+             "g_img": float, "g_txt": float, "seed": int, "num_samples": int, "batch_size": int,
              "negative_prompt": str, "device": str, "precision": str}
 
 

@@ -8,6 +8,40 @@ from pydantic import Field, field_validator, model_validator
 from osora.config.base import Params
 
 
+class SynthGridParams(Params):
+    """The training grid: square videos of one shape moving over a plain background, covering
+    the colour × shape × direction combinations but `held_out` of them, which the sample stage
+    asks for as prompts the model never saw (osora.data.synth_grid)."""
+
+    count: int = Field(ge=0, le=1000, description="grid videos (each one combination)")
+    size: int = Field(ge=32, le=512, description="frame side, px (even)")
+    fps: int = Field(ge=16, le=60, description="frame rate")
+    duration_s: float = Field(gt=2.0, le=20.0, description="length of each video, s")
+    crf: int = Field(ge=0, le=51, description="x264 constant rate factor: plain backgrounds "
+                     "need a lower one than the clean videos' to keep the bits per pixel "
+                     "preprocess asks for")
+    shape_fraction: float = Field(gt=0.05, le=0.5, description="shape size / frame side")
+    speeds: list[float] = Field(
+        min_length=1, description="px per frame at `size`, one per video in turn: the motion "
+        "scores the model learns to follow")
+    held_out: int = Field(ge=0, le=64, description="colour × shape × direction combinations "
+                          "never rendered: the sample stage's held-out prompts")
+
+    @field_validator("size")
+    @classmethod
+    def _even(cls, size: int) -> int:
+        if size % 2:
+            raise ValueError(f"synth.grid.size must be even (H.264 yuv420p), got {size}")
+        return size
+
+    @field_validator("speeds")
+    @classmethod
+    def _positive(cls, speeds: list[float]) -> list[float]:
+        if min(speeds) <= 0:
+            raise ValueError(f"synth.grid.speeds must be > 0 px per frame, got {speeds}")
+        return speeds
+
+
 class SynthParams(Params):
     """The synthetic demo set: short H.264 videos with known content and known defects."""
 
@@ -18,6 +52,8 @@ class SynthParams(Params):
     fps: int = Field(ge=16, le=60, description="frame rate of the clean videos")
     duration_s: float = Field(gt=2.0, le=20.0, description="length of the clean videos, s")
     crf: int = Field(ge=0, le=51, description="x264 constant rate factor of the clean videos")
+    grid: SynthGridParams | None = Field(
+        default=None, description="the training grid and its held-out combinations; null: none")
 
 
 class IngestParams(Params):
@@ -206,6 +242,9 @@ class OcrParams(Params):
         ge=0.0, le=1.0, description="boxes recognised with this confidence or less are ignored"
     )
     num_frames: int = Field(ge=1, le=16, description="uniformly spaced frames read")
+    detect_side: int = Field(
+        default=736, ge=32, le=4096, description="the text detector resizes each frame's short "
+        "side to this many px (RapidOCR's default 736); smaller is faster and misses small text")
     threads: int = Field(
         ge=0, le=64, description="ONNX Runtime threads per runner worker: 1 suits one worker "
         "per core; 0 lets ONNX Runtime choose"

@@ -1,16 +1,21 @@
 """params/eval.yaml: evaluation beyond the sample stage's prompt following (RECIPE §7) — the
-motion-control contrast of dit_sample and the VBench stage (osora.eval.vbench)."""
+prompt-following protocol of dit_sample and the VBench stage (osora.eval.vbench)."""
 
 from pydantic import Field, field_validator
 
 from osora.config.base import Params
 
 
-class MotionEvalParams(Params):
-    contrast_scores: list[float] = Field(description="motion scores at which the first "
-                                         "contrast_prompts eval prompts are also sampled")
-    contrast_prompts: int = Field(ge=0, description="0: no contrast, only each prompt's own "
-                                  "motion score")
+class FollowParams(Params):
+    """dit_sample's protocol (osora.eval.sample_eval): held-out and training prompts, seeds."""
+
+    seeds: int = Field(ge=1, description="videos per prompt and motion score (seeds "
+                       "sample.seed, +1, ...): the intervals narrow as it grows")
+    train_prompts: int = Field(ge=0, description="training captions scored beside the "
+                               "held-out prompts, evenly spread over them")
+    motion_scores: list[int] | None = Field(
+        description="motion scores each held-out prompt is asked at; null: every score the "
+        "training captions state")
 
 
 class VBenchParams(Params):
@@ -53,5 +58,5 @@ class VBenchParams(Params):
 
 
 class EvalParams(Params):
-    motion: MotionEvalParams
+    follow: FollowParams
     vbench: VBenchParams

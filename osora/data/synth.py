@@ -15,6 +15,7 @@ ffmpeg's bit-exact flags, byte-identical files.
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import numpy as np
 
 from osora.config.data import SynthParams
 from osora.data.bitmap_font import GLYPH_H, GLYPH_W, text_mask
+from osora.data.synth_grid import Combo, contrasting_tint, split_combos
 from osora.data.synth_shapes import coverage
 from osora.data.synth_vocab import (
     BACKGROUND_WORDS,
@@ -38,6 +40,7 @@ from osora.fileio import atomic_write_bytes, atomic_write_json, atomic_write_tex
 from osora.media.ffmpeg import encode_frames
 
 TRUTH_FILE = "truth.json"
+HELD_OUT_FILE = "held_out.txt"  # captions of the grid's held-out combinations, one per line
 
 # Every `expected_reason` in the set: the filter that must reject the video.
 REASONS = (
@@ -165,12 +168,25 @@ class _Plan:
     blur_box_px: int | None = None
     jitter_px: int | None = None
     truncated_to_bytes: int | None = None
+    shape_fraction: float = 0.3  # the shape's size / the picture's short side
+    speed_px_per_frame: float | None = None  # None: a random speed the picture has room for
+    from_edge: bool = False  # the path starts at the edge it comes from, not centred
 
 
 def plan(params: SynthParams) -> list[SynthVideo]:
     """The whole set's ground truth, deterministic in `params` (no files written)."""
     _check_params(params)
-    return [_build(p, params) for p in _plans(params)]
+    plans = _plans(params)
+    grid, _ = _grid_plans(params, plans)
+    return [_build(p, params) for p in plans + grid]
+
+
+def held_out(params: SynthParams) -> list[SynthVideo]:
+    """The grid's held-out combinations as videos planned but never rendered: their captions
+    are the prompts the model never saw (osora.data.synth_grid)."""
+    _check_params(params)
+    _, held = _grid_plans(params, _plans(params))
+    return [_build(p, params) for p in held]
 
 
 def _check_params(params: SynthParams) -> None:
@@ -223,6 +239,29 @@ def _plans(params: SynthParams) -> list[_Plan]:
     ]
 
 
+def _grid_plans(params: SynthParams, others: list[_Plan]) -> tuple[list[_Plan], list[_Plan]]:
+    """(grid videos, held-out ones): one combination each, the speeds taken in turn."""
+    g = params.grid
+    if g is None:
+        return [], []
+    shown = {Combo(lk.colour, lk.shape, lk.direction) for p in others for lk in p.looks}
+    rng = _rng(params.seed, "grid")
+    training, held = split_combos(rng, g.held_out, shown)
+
+    def plans(prefix: str, combos: list[Combo], count: int) -> list[_Plan]:
+        return [_Plan(
+            f"{prefix}_{i:03d}", width=g.size, height=g.size, fps=g.fps, duration_s=g.duration_s,
+            crf=g.crf,
+            looks=(_Look(c.shape, c.colour, "flat", contrasting_tint(c.colour, rng), c.direction),),
+            shape_fraction=g.shape_fraction, speed_px_per_frame=g.speeds[i % len(g.speeds)],
+            # every path of a direction starts at the same place whatever its speed: the
+            # opening frames show the direction, and fast paths run on to the far edge
+            from_edge=True,
+        ) for i, c in enumerate(itertools.islice(itertools.cycle(combos), count))]
+
+    return plans("grid", training, g.count), plans("held_out", held, len(held))
+
+
 def _clean_looks(params: SynthParams) -> list[_Look]:
     """Varied shape, colour, background and direction for the clean videos, from the seed."""
     rng = _rng(params.seed, "clean")
@@ -264,7 +303,8 @@ def _build(p: _Plan, params: SynthParams) -> SynthVideo:
     starts = np.cumsum([0, *lengths[:-1]]).tolist()
     rng = _rng(params.seed, p.name, "plan")
     shots = tuple(
-        _shot(look, start, n, (pic_h, pic_w), rng)
+        _shot(look, start, n, (pic_h, pic_w), rng, p.shape_fraction, p.speed_px_per_frame,
+              p.from_edge)
         for look, start, n in zip(p.looks, starts, lengths, strict=True)
     )
     text, box = p.text, p.blur_box_px
@@ -292,28 +332,50 @@ def _build(p: _Plan, params: SynthParams) -> SynthVideo:
     return replace(video, caption=caption(video))
 
 
-def _shot(look: _Look, start: int, n: int, pic: tuple[int, int], rng) -> Shot:
-    """Fit a straight constant-speed path that keeps the whole shape inside the picture."""
+def _shot(look: _Look, start: int, n: int, pic: tuple[int, int], rng, shape_fraction: float,
+          speed: float | None, from_edge: bool = False) -> Shot:
+    """Fit a straight constant-speed path, at `speed` or a random speed it has room for: centred
+    in the picture with the whole shape inside throughout, or (`from_edge`) starting with the
+    whole shape just inside the edge it comes from, its centre inside until the last frame."""
     pic_h, pic_w = pic
-    size = _even(0.3 * min(pic_h, pic_w))
+    size = _even(shape_fraction * min(pic_h, pic_w))
     (ux, uy), _ = DIRECTIONS[look.direction]
     margin = 0.65 * size + 2  # the shape's half-extent (triangles reach furthest) plus a pixel
-    room = [(pic_w - 2 * margin, abs(ux)), (pic_h - 2 * margin, abs(uy))]
+    if from_edge:
+        room = [(pic_w - margin - 0.5, abs(ux)), (pic_h - margin - 0.5, abs(uy))]
+    else:
+        room = [(pic_w - 2 * margin, abs(ux)), (pic_h - 2 * margin, abs(uy))]
     max_speed = min(span / (u * max(n - 1, 1)) for span, u in room if u > 0)
-    speed = round(min(4.0, max_speed * rng.uniform(0.6, 0.9)), 2)
+    if speed is not None and speed > max_speed:
+        raise ValueError(
+            f"synth.grid: a {look.direction} path at {speed} px/frame leaves the {pic_w}x{pic_h} "
+            f"picture within {n} frames (at most {max_speed:.2f} fits); lower synth.grid.speeds, "
+            "duration_s or shape_fraction"
+        )
+    speed = speed or round(min(4.0, max_speed * rng.uniform(0.6, 0.9)), 2)
     if speed < 0.2:
         raise ValueError(
             f"synth: a {n}-frame shot has no room for visible motion in {pic_w}x{pic_h}"
         )
     vx, vy = round(speed * ux, 4), round(speed * uy, 4)
-    # Centre the path in the picture: it starts half its length behind the middle.
-    x0 = pic_w / 2 - vx * (n - 1) / 2
-    y0 = pic_h / 2 - vy * (n - 1) / 2
+    if from_edge:
+        x0, y0 = (_edge_start(side, u, margin) for side, u in ((pic_w, ux), (pic_h, uy)))
+    else:  # centred: it starts half its length behind the middle
+        x0 = pic_w / 2 - vx * (n - 1) / 2
+        y0 = pic_h / 2 - vy * (n - 1) / 2
     return Shot(
         start_frame=start, num_frames=n, shape=look.shape, colour=look.colour, size_px=size,
         background=look.background, background_colour=look.tint, direction=look.direction,
         speed_px_per_frame=speed, velocity=(vx, vy), start_xy=(round(x0, 4), round(y0, 4)),
     )
+
+
+def _edge_start(side: int, u: float, margin: float) -> float:
+    """Where a from-edge path starts along one axis: `margin` in from the edge it leaves
+    (moving +: the low edge), or the middle when it does not move along this axis."""
+    if u == 0:
+        return side / 2
+    return margin if u > 0 else side - margin
 
 
 def _letterbox_box(width: int, height: int) -> Box:
@@ -526,12 +588,13 @@ def generate(params: SynthParams, out_dir: Path) -> list[SynthVideo]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    videos = plan(params)
+    videos, held = plan(params), held_out(params)
     for video in videos:
         _write_video(video, params.seed, out_dir)
         atomic_write_text(out_dir / f"{video.stem}.txt", video.caption + "\n")
+    atomic_write_text(out_dir / HELD_OUT_FILE, "".join(f"{v.caption}\n" for v in held))
     truth = {"seed": params.seed, "params": params.model_dump(),
-             "videos": [asdict(v) for v in videos]}
+             "videos": [asdict(v) for v in videos], "held_out": [asdict(v) for v in held]}
     atomic_write_json(out_dir / TRUTH_FILE, truth)
     return videos
 

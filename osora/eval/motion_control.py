@@ -2,9 +2,9 @@
 
 Training captions state each clip's motion score, the clip's mean VMAF motion rounded
 (osora.data.scores.motion, RECIPE §1). A generated video is measured the same way, so the score
-asked for and the score measured are in the same units. Reported: the mean absolute error, the
-Spearman rank correlation between asked and measured over all videos (is more asked, more
-given?), and the mean measured motion at each asked score. numpy only.
+asked for and the score measured are in the same units, and the Spearman rank correlation
+between them says whether more asked gives more (osora.eval.sample_eval reports it with its
+interval). numpy only.
 """
 
 from __future__ import annotations
@@ -35,20 +35,3 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     ra, rb = average_ranks(a), average_ranks(b)
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def motion_control(requested: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """Metrics of asked-for against measured motion, one entry per video in each list:
-    motion_abs_error, motion_rank_correlation (left out when undefined) and motion_at_<score>,
-    the mean measured motion of the videos that asked for <score>."""
-    if len(requested) != len(measured) or not requested:
-        raise ValueError(f"motion_control: need one measurement per requested score, got "
-                         f"{len(requested)} requested and {len(measured)} measured")
-    asked, got = np.asarray(requested, np.float64), np.asarray(measured, np.float64)
-    metrics = {"motion_abs_error": float(np.abs(got - asked).mean())}
-    rho = rank_correlation(list(asked), list(got))
-    if rho is not None:
-        metrics["motion_rank_correlation"] = rho
-    for score in np.unique(asked):
-        metrics[f"motion_at_{score:g}"] = float(got[asked == score].mean())
-    return metrics

@@ -251,6 +251,41 @@ def moving_membership(
     return np.maximum(member - np.quantile(member, STATIC_QUANTILE, axis=0), 0.0)
 
 
+def shape_membership(
+    frames: np.ndarray,
+    colour_rgb: tuple[int, int, int],
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """(F, H, W): the colour's membership inside its largest blob (8-connected pixels of
+    membership > 0.5), zero elsewhere and on frames where that blob touches the border.
+
+    What the outline is judged on. Not `moving_membership`: a shape that moves less than its
+    own size overlaps itself in every frame, and subtracting the static part would leave only
+    a crescent. Texture pixels that resemble the colour are scattered, so the largest blob is
+    the shape; a blob cut by the frame's edge has no outline to judge."""
+    import cv2
+
+    frames = _check_frames(frames)
+    colours = _rivals(colour_rgb, palette)  # (K, 3), the colour at index 0
+    out = np.zeros(frames.shape[:3], np.float32)  # (F, H, W)
+    for i, frame in enumerate(frames):
+        member = _membership(_smoothed(frame), colours)[..., 0]  # (H, W)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (member > 0.5).astype(np.uint8), connectivity=8)
+        if count < 2:  # label 0 is the rest of the frame
+            continue
+        blob = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        mask = labels == blob  # (H, W)
+        rows, cols = np.nonzero(mask)
+        if min(rows) == 0 or min(cols) == 0 or max(rows) == mask.shape[0] - 1 \
+                or max(cols) == mask.shape[1] - 1:
+            continue
+        # the blob and the anti-aliased rim just outside it
+        rim = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        out[i] = np.where(rim, member, 0.0)
+    return out
+
+
 def _centroids(moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame of (F, H, W) weights: centroid (F, 2) as (x, y) at pixel centres, and mass (F,)."""
     mass = moving.sum((1, 2))  # (F,)
@@ -306,14 +341,14 @@ def shape_scores(
     colour_rgb: tuple[int, int, int],
     palette: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> dict[str, float]:
-    """Per synth shape, how well it matches the colour's moving pixels: the mean over frames
-    (those with at least MIN_SHAPE_MASS_PX of moving membership) of the soft IoU
-    Σ min(m, t) / Σ max(m, t) between the frame's moving membership m (`moving_membership`) and
+    """Per synth shape, how well it matches the colour's blob: the mean over frames (those with
+    at least MIN_SHAPE_MASS_PX of blob membership) of the soft IoU
+    Σ min(m, t) / Σ max(m, t) between the frame's blob membership m (`shape_membership`) and
     the shape's coverage t, drawn as synth draws it at the frame's centroid with the frame's
     moving area. Matching area and centre leaves only the outline to compare, so a blurred or
     shrunken shape still matches its own outline best. {} when no frame shows enough.
     """
-    moving = moving_membership(frames, colour_rgb, palette)  # (F, H, W)
+    moving = shape_membership(frames, colour_rgb, palette)  # (F, H, W)
     centres, mass = _centroids(moving)  # (F, 2), (F,)
     yy, xx = np.mgrid[0 : moving.shape[1], 0 : moving.shape[2]].astype(np.float32)
     ious: dict[str, list[float]] = {shape: [] for shape in SHAPES}

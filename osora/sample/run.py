@@ -121,29 +121,35 @@ def run_sampling(settings, request: SampleRequest, *, root: Path, progress: bool
     if request.media is not None:
         common["condition_media"] = {"path": str(request.media),
                                      "sha256": file_sha256(request.media)}
+    jobs = [(prompt, index) for prompt in request.prompts for index in range(params.num_samples)]
+    # t2i2v makes each video's first frame on its own; the rest sample batch_size together
+    size = 1 if first_frame is not None else params.batch_size
     written = []
-    for prompt in request.prompts:
-        for index in range(params.num_samples):
-            seed = params.seed + index
-            start = time.perf_counter()
-            cond, extra = media_cond, {}
-            if first_frame is not None:
-                with _progress_bar(params.first_frame.steps, f"{prompt[:32]} first frame",
-                                   progress) as bar:
-                    image = first_frame.generate([prompt], [seed], params.height, params.width,
-                                                 progress=bar)
-                cond = condition("i2v_head", image)
-                extra["first_frame"] = params.first_frame.model_dump(mode="json")
-            with _progress_bar(params.steps, f"{prompt[:32]} #{index}", progress) as bar:
-                z = sampler.latents([prompt], [seed], frames=params.frames,
-                                    height=params.height, width=params.width, fps=params.fps,
-                                    motion_score=params.motion_score, guidance=guidance,
-                                    cond=cond, progress=bar)
-            video = to_uint8_frames(sampler.decode(z))[0]  # (F, H, W, 3)
+    for at in range(0, len(jobs), size):
+        batch = jobs[at:at + size]
+        prompts, seeds = [p for p, _ in batch], [params.seed + i for _, i in batch]
+        start = time.perf_counter()
+        cond, extra = media_cond, {}
+        if first_frame is not None:
+            with _progress_bar(params.first_frame.steps, f"{prompts[0][:32]} first frame",
+                               progress) as bar:
+                image = first_frame.generate(prompts, seeds, params.height, params.width,
+                                             progress=bar)
+            cond = condition("i2v_head", image)
+            extra["first_frame"] = params.first_frame.model_dump(mode="json")
+        label = f"{prompts[0][:32]} #{batch[0][1]}" + (f" (+{len(batch) - 1})" if len(batch) > 1
+                                                     else "")
+        with _progress_bar(params.steps, label, progress) as bar:
+            z = sampler.latents(prompts, seeds, frames=params.frames, height=params.height,
+                                width=params.width, fps=params.fps,
+                                motion_score=params.motion_score, guidance=guidance, cond=cond,
+                                progress=bar)
+        videos = to_uint8_frames(sampler.decode(z))  # (B, F, H, W, 3)
+        seconds = round((time.perf_counter() - start) / len(batch), 3)  # per video
+        for (prompt, index), seed, video in zip(batch, seeds, videos, strict=True):
             sidecar = {
                 "text_as_seen": conditioned_text(prompt, params.fps, params.motion_score),
-                "seed": seed, **common, **extra,
-                "seconds": round(time.perf_counter() - start, 3),
+                "seed": seed, **common, **extra, "seconds": seconds,
             }
             written.append(write_sample(request.out_dir, prompt, index, video.numpy(),
                                         params.fps, sidecar))

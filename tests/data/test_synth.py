@@ -12,6 +12,7 @@ from osora.config import load_settings
 from osora.data.synth import (
     COLOURS,
     DIRECTIONS,
+    HELD_OUT_FILE,
     REASONS,
     TRUTH_FILE,
     SynthVideo,
@@ -28,7 +29,10 @@ PREPROCESS_REASONS = {"too_short", "low_fps", "aspect_ratio", "low_bpp", "constr
 
 @pytest.fixture(scope="module")
 def params():
-    return load_settings(params_dir=PARAMS_DIR).data.synth
+    """The tiny profile's set with a 6-video grid (tests/data/test_synth_grid.py covers the
+    grid at its full size)."""
+    synth = load_settings(params_dir=PARAMS_DIR).data.synth
+    return synth.model_copy(update={"grid": synth.grid.model_copy(update={"count": 6})})
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,13 @@ def test_set_is_complete_and_small(synth, params):
     out, videos = synth
     reasons = {v.expected_reason for v in videos}
     assert reasons == PREPROCESS_REASONS | {"text", "blur", "jitter", None} == {*REASONS, None}
-    assert len(_clean(videos)) == params.num_clean
-    assert all(v.expected_reason is None for v in _clean(videos))
+    grid = [v for v in videos if v.stem.startswith("grid_")]
+    assert len(_clean(videos)) == params.num_clean and len(grid) == params.grid.count
+    assert all(v.expected_reason is None for v in _clean(videos) + grid)
     total = sum(p.stat().st_size for p in out.iterdir())
     assert total < 3e6
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [TRUTH_FILE] + [v.file for v in videos] + [f"{v.stem}.txt" for v in videos]
+        [TRUTH_FILE, HELD_OUT_FILE] + [v.file for v in videos] + [f"{v.stem}.txt" for v in videos]
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from osora.data.scores.motion import vmaf_motion
-from osora.eval.motion_control import average_ranks, motion_control, rank_correlation
+from osora.eval.motion_control import average_ranks, rank_correlation
 from osora.media.ffmpeg import encode_frames
 
 
@@ -26,21 +26,6 @@ def test_rank_correlation_equals_scipy(seed):
 
 def test_rank_correlation_is_undefined_without_spread():
     assert rank_correlation([1, 1, 1], [0.2, 0.5, 0.9]) is None
-
-
-def test_motion_control_by_hand():
-    metrics = motion_control([0, 0, 4, 4], [0.5, 1.5, 3.0, 6.0])
-    # |0.5-0| + |1.5-0| + |3-4| + |6-4| = 5 → 5/4
-    assert metrics["motion_abs_error"] == pytest.approx(1.25)
-    assert metrics["motion_at_0"] == pytest.approx(1.0)
-    assert metrics["motion_at_4"] == pytest.approx(4.5)
-    # asked ranks (1.5, 1.5, 3.5, 3.5), measured (1, 2, 3, 4): ρ = 4 / √(4·5) = 0.894
-    assert metrics["motion_rank_correlation"] == pytest.approx(4 / np.sqrt(20))
-
-
-def test_motion_control_refuses_mismatched_lists():
-    with pytest.raises(ValueError, match="one measurement per requested score"):
-        motion_control([1, 2], [1.0])
 
 
 def _moving_square(speed: float, tmp_path) -> float:

@@ -257,3 +257,41 @@ def test_follow_rates_reads_the_files_and_leaves_multi_shot_prompts_unscored(vid
     assert rates["scored"] == 3 and rates["unscored"] == 1
     assert rates["colour_accuracy"] == 1.0 and rates["direction_accuracy"] == 1.0
     assert rates["colour_chance"] == rates["direction_chance"] == 1 / 8
+
+
+@pytest.fixture(scope="module")
+def grid_videos(tmp_path_factory) -> list[tuple[synth.SynthVideo, np.ndarray]]:
+    """Real synth grid videos at every grid speed, decoded and downscaled to the DiT's 64 px
+    (the shapes overlap themselves in every frame at the slow speed and leave the picture at
+    the fast one)."""
+    import torch
+
+    params = load_settings(params_dir=PARAMS_DIR).data.synth
+    params = params.model_copy(update={"grid": params.grid.model_copy(update={"count": 12}),
+                                       "num_clean": 1})
+    out = tmp_path_factory.mktemp("grid")
+    found = []
+    for video in synth.plan(params):
+        if video.stem.startswith("grid_"):
+            path = encode_frames(synth.render_frames(video, params.seed), out / video.file,
+                                 video.fps, crf=video.crf)
+            frames = torch.from_numpy(read_video(path)[:16]).permute(0, 3, 1, 2).float()
+            small = torch.nn.functional.interpolate(frames, size=(64, 64), mode="bicubic",
+                                                    antialias=True)
+            found.append((video, small.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()))
+    return found
+
+
+def test_grid_shapes_are_judged_right_whether_slow_or_leaving_the_picture(grid_videos):
+    scores = [score_video(frames, v.caption) for v, frames in grid_videos]
+    assert _accuracy(scores, "shape_correct") == 1.0, _failures(grid_videos, scores)
+    assert _accuracy(scores, "direction_correct") == 1.0, _failures(grid_videos, scores)
+
+
+def test_a_shape_cut_by_the_border_is_not_judged():
+    """A square whose blob touches the frame edge on every frame has no outline to judge."""
+    frames = np.full((4, 32, 32, 3), 125, np.uint8)  # (F, H, W, 3) grey
+    for t in range(4):
+        frames[t, 0:10, t:t + 12] = COLOURS["red"]  # touches the top edge
+    assert score_video(frames, "A red square moves steadily from left to right across a "
+                       "plain grey background.")["predicted_shape"] is None

@@ -54,6 +54,7 @@ class OcrScorer(ClipScorer):
         # see them; lower it when our threshold is lower, so min_confidence alone decides.
         self._engine = RapidOCR(
             text_score=min(0.5, self.params.min_confidence),
+            det_limit_side_len=self.params.detect_side,
             intra_op_num_threads=self.params.threads or -1,  # -1: ONNX Runtime's default
         )
 
