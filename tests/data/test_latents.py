@@ -132,7 +132,7 @@ def test_the_stored_latent_is_the_models_dit_latent_of_the_bucketed_frames(world
     pa.Table.from_pylist([row], schema=schema_of(op.output_table))  # a valid table row
     assert op.output_table == "latents_t"
     assert (row["frames"], row["height"], row["width"]) == (32, 48, 88)
-    assert row["latent_shape"] == [16, 8, 6, 11]  # (C, 32/4, 48/8, 88/8)
+    assert row["latent_shape"] == [16, 8, 12, 22]  # (C, 32/4, 48/4, 88/4): the 4× tiny AE
     assert row["latent_dtype"] == "float32" and row["dit_scale"] is True
     assert row["ae_kind"] == "dcae" and row["ae_sha256"] == op.ae_sha256
     assert (row["id"], row["video_id"], row["text"], row["fps"]) == \
@@ -146,7 +146,7 @@ def test_the_stored_latent_is_the_models_dit_latent_of_the_bucketed_frames(world
 
     [tall] = op.process(rows["tall"])
     assert (tall["frames"], tall["height"], tall["width"]) == (16, 88, 48)
-    assert tall["latent_shape"] == [16, 4, 11, 6]
+    assert tall["latent_shape"] == [16, 4, 22, 12]
 
 
 def test_tiled_encoding_goes_through_tiled_encode(world):
@@ -161,7 +161,7 @@ def test_tiled_encoding_goes_through_tiled_encode(world):
         whole = model.to_dit(model.encode(x))[0]
     got = read_latent(row)
     assert got.dtype == torch.bfloat16 and row["latent_dtype"] == "bfloat16"
-    assert row["latent_shape"] == [16, 4, 11, 6]
+    assert row["latent_shape"] == [16, 4, 22, 12]
     # the same float32 latent rounded to bfloat16 (within one bf16 step of float32 noise)
     torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=1e-5)
     assert not torch.allclose(want, whole, rtol=2**-8, atol=1e-5)  # tiling did change it
@@ -340,7 +340,7 @@ def test_the_stage_publishes_latents_and_a_rerun_changes_nothing(world, tmp_path
     refs = read_receipt(project / "lineage" / "latents.json")
     latents = store.read("latents_t", version=refs["latents_t"].version).to_pylist()
     assert {r["id"]: r["latent_shape"] for r in latents} == \
-        {"wide": [16, 8, 6, 11], "tall": [16, 4, 11, 6]}
+        {"wide": [16, 8, 12, 22], "tall": [16, 4, 22, 12]}
     assert all(read_latent(r).shape == tuple(r["latent_shape"]) for r in latents)
     assert store.read("latents_t_quarantine").num_rows == 2
 

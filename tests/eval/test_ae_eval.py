@@ -23,17 +23,17 @@ def video(frames=18, height=70, width=90, seed=0):
 
 
 def test_clips_are_cut_to_the_ae_rules():
-    dcae = DCAE(dcae_config(load_settings(params_dir=REPO / "params").ae.dcae))  # 8×, 4×
+    dcae = DCAE(dcae_config(load_settings(params_dir=REPO / "params").ae.dcae))  # 4×, 4×
     x = fit_to_ae(video(), dcae)
-    assert x.shape == (1, 3, 16, 64, 88)
+    assert x.shape == (1, 3, 16, 68, 88)
     with torch.device("meta"):
         hunyuan = HunyuanVAE(HUNYUAN_VAE)  # causal 4×8×8: 1 + 4k frames
     assert fit_to_ae(video(), hunyuan).shape == (1, 3, 17, 64, 88)
-    torch.testing.assert_close(x[0, :, 0, 0, 0], video()[0, 3, 1].float() / 127.5 - 1)
+    torch.testing.assert_close(x[0, :, 0, 0, 0], video()[0, 1, 1].float() / 127.5 - 1)
     with pytest.raises(ValueError, match="too small for this AE"):
         fit_to_ae(video(frames=3), dcae)
     # an image (a 1-frame clip) is one frame for either AE
-    assert fit_to_ae(video(frames=1), dcae).shape == (1, 3, 1, 64, 88)
+    assert fit_to_ae(video(frames=1), dcae).shape == (1, 3, 1, 68, 88)
     assert fit_to_ae(video(frames=1), hunyuan).shape == (1, 3, 1, 64, 88)
 
 
@@ -54,7 +54,7 @@ def test_metrics_equal_the_reference_functions_tiled_or_not():
 
 
 @pytest.mark.parametrize(("profile", "expected"), [
-    ("tiny", {"d_info": 48, "d_token": 256}),  # the CPU DC-AE f8t4c16 on its own latents
+    ("tiny", {"d_info": 12, "d_token": 256}),  # the CPU DC-AE f4t4c16, its latents in 2×2 patches
     # the paper profile evaluates the released HunyuanVideo VAE with the DiT's patch 2
     ("paper", {"d_info": 48, "d_token": 1024}),
 ])

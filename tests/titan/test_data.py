@@ -12,7 +12,8 @@ from osora.titan.spec import register
 
 
 def test_synthetic_batches_round_trip_and_resume():
-    cfg = register().model_args["tiny"].mmdit  # patch 1
+    cfg = register().model_args["tiny"].mmdit
+    p = cfg.patch_size  # the tiny model's: 2
     source = SyntheticLatents(cfg, Osora(latent_frames=2, latent_height=4, latent_width=6,
                                          text_tokens=5), 3, seed=7, rank=1)
     loader = StepBatches(source, cfg.patch_size)
@@ -21,7 +22,8 @@ def test_synthetic_batches_round_trip_and_resume():
     inputs, labels = first
     assert set(inputs) == {"latent", "text", "pooled"}
     assert inputs["latent"].shape == (3, cfg.in_channels, 2, 4, 6)
-    assert labels.shape == (3, 5 + 2 * 4 * 6) and labels.dtype == torch.bool and labels.all()
+    assert labels.shape == (3, 5 + 2 * (4 // p) * (6 // p)) and labels.dtype == torch.bool
+    assert labels.all()
     batch = from_titan(inputs)
     assert batch.text_mask is None and batch.cond is None
     assert torch.equal(batch.latent, source(0).latent)
@@ -70,7 +72,8 @@ def test_latents_source_is_osoras_latent_batches(tmp_path, monkeypatch):
     for name in ("latent", "text", "pooled", "text_mask"):
         torch.testing.assert_close(getattr(got, name), getattr(want, name))
     assert got.cond is None and stage.conditioned is False
-    assert labels.shape == (size, text.max_length + 2 * 4 * 4)
+    p = settings.dit.model.patch_size
+    assert labels.shape == (size, text.max_length + 2 * (4 // p) * (4 // p))
     model = register().model_cls(register().model_args["tiny"])
     v = model(got.latent, torch.rand(size), got.text, got.pooled, text_mask=got.text_mask)
     assert v.shape == got.latent.shape

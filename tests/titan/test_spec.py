@@ -95,8 +95,9 @@ def dims(**degrees) -> ParallelDims:
 
 @pytest.mark.parametrize("mode,want", [
     ("none", {}),
-    ("full", {"double_blocks.0": "checkpoint", "single_blocks.0": "checkpoint"}),
-    ("selective", {"single_blocks.0": "checkpoint"}),
+    ("full", {"double_blocks.0": "checkpoint", "double_blocks.1": "checkpoint",
+              "single_blocks.0": "checkpoint", "single_blocks.1": "checkpoint"}),
+    ("selective", {"single_blocks.0": "checkpoint", "single_blocks.1": "checkpoint"}),
 ])
 def test_activation_checkpoint_modes_map_to_osoras(mode, want):
     config = job(checkpoint_double=0, checkpoint_single=-1)

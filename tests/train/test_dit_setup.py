@@ -34,7 +34,7 @@ def test_another_architecture_is_refused(tmp_path):
     from osora.models.mmdit import MMDiT
 
     other = MMDiT(dataclasses.replace(initial_model(DIT, "stage1", tmp_path).config,
-                                      depth_single=2))
+                                      depth_single=3))
     save_mmdit(other, stage_weights(tmp_path, "stage1"))
     with pytest.raises(ValueError, match="another MMDiT"):
         initial_model(DIT, "stage2", tmp_path)

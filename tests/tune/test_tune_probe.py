@@ -13,7 +13,7 @@ from osora.tune.search import Limits, expected_probes, open_study, search_bucket
 from osora.weights.mmdit import mmdit_config
 
 MODEL = dataclasses.asdict(mmdit_config(load_settings().dit.model))
-LATENT = (16, 4, 7, 10)  # the tiny 16-frame bucket: 280 video tokens
+LATENT = (16, 4, 16, 16)  # the tiny 16-frame 64×64 bucket: 256 video tokens in 2×2 patches
 BUDGET_MB, MAX_BATCH = 120, 12
 
 
