@@ -26,7 +26,7 @@ import numpy as np
 
 from osora.config.data import SynthParams
 from osora.data.bitmap_font import GLYPH_H, GLYPH_W, text_mask
-from osora.data.synth_grid import Combo, contrasting_tint, split_combos
+from osora.data.synth_grid import MIN_CONTRAST_RGB, Combo, contrasting_tint, split_combos
 from osora.data.synth_shapes import coverage
 from osora.data.synth_vocab import (
     BACKGROUND_WORDS,
@@ -286,7 +286,8 @@ def _contrasting(colours: list[str], tint: str, used: list[str]) -> str:
     """The first colour far enough from the background tint to read as a separate subject,
     preferring colours not used yet."""
     bg = np.array(TINTS[tint], float)
-    ok = [c for c in colours if np.linalg.norm(np.array(COLOURS[c], float) - bg) >= 150]
+    ok = [c for c in colours
+          if np.linalg.norm(np.array(COLOURS[c], float) - bg) >= MIN_CONTRAST_RGB]
     if not ok:
         raise ValueError(f"synth: no subject colour contrasts with the {tint} background")
     return next((c for c in ok if c not in used), ok[0])
