@@ -426,7 +426,7 @@ def _palette_of(frames: Sequence[Image.Image]) -> Image.Image:
 
 def _save_png(image: Image.Image, path: Path) -> Path:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG")  # optimize=True: 4 s more for 10% smaller
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
