@@ -52,6 +52,9 @@ class LatentBatches:
         if missing:
             raise ValueError(f"no batch size for {missing}-frame buckets: add them to "
                              "params/buckets.yaml for this stage")
+        # id order, not the table's: the latents stage's workers append in whatever order they
+        # finish, and the batches (indices into these lists) must not depend on it
+        rows = sorted(rows, key=lambda r: r["id"])
         self.latents = [read_latent(r).float() for r in rows]  # (C, T, H, W) each
         self.buckets = [(r["frames"], r["height"], r["width"]) for r in rows]
         self.rules = {b: rules[b[0]] for b in set(self.buckets)}
