@@ -9,7 +9,8 @@ depth reduced to fit one GPU, in bf16, and times optimizer-free forward+backward
 model FLOPs (6 × parameters in blocks × tokens + attention 12 × layers × tokens² × hidden, i.e.
 fwd + bwd) over the device's dense bf16 peak. `sample` times the sampler's 50 Euler steps with
 decoupled guidance (three passes batched) for the whole 11B config with random weights.
-Imports only torch (and osora's torch-only modules), so a GPU machine with bare torch runs it.
+Imports torch and einops only (osora.models.mmdit's one dependency beyond torch), so a GPU
+machine without osora's other dependencies runs it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def inputs(config: MMDiTConfig, batch: int, latent: tuple[int, int, int], text_l
 def bench_train(args, device: torch.device, dtype: torch.dtype) -> dict:
     config = MMDiTConfig(**{**vars(MMDIT_11B), "depth_double": args.depth_double,
                             "depth_single": args.depth_single})
-    model = MMDiT(config).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised on the device, as bench_sample: no slow CPU init
+        model = MMDiT(config).to(dtype=dtype)
     x, t, text, pooled, cond = inputs(config, args.batch, tuple(args.latent), args.text_len,
                                       device, dtype)
     step_fn = model
@@ -128,6 +130,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_mmdit: --device cuda but there is no CUDA device "
+                         "(torch.cuda.is_available() is False); run on a GPU machine or pass "
+                         "--device cpu")
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     result = bench_train(args, device, dtype) if args.mode == "train" else bench_sample(

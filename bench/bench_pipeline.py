@@ -3,8 +3,9 @@ in all (set-up included) and stage by stage.
 
 Clones the committed HEAD of this repository into a temporary folder, runs its set-up
 (`scripts/setup.sh`, timed apart) and then `scripts/run_pipeline.sh` there, then reads every
-stage's MLflow run (start and end time, tag `dvc.stage`) from the clone's tracking store. Prints a markdown table for docs/benchmarks.md: per stage wall seconds, and the
-totals with and without set-up. CPU seconds of the whole job come from the process accounting
+stage's MLflow run (start and end time, tag `dvc.stage`) from the clone's tracking store.
+Prints a markdown table for docs/benchmarks.md: per stage wall seconds, and the totals with and
+without set-up. CPU seconds of the whole job come from the process accounting
 of the children (user + system).
 
     .venv/bin/python bench/bench_pipeline.py [--keep DIR] [--reuse-venv]

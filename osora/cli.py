@@ -2,6 +2,7 @@
 
     osora config show [--profile paper]   the resolved params (secrets masked)
     osora config apply paper               write a profile's resolved params into params/
+    osora config check [--profile paper] [--stage NAME] [--no-weights]   the rules across files
     osora results                          where the pipeline's results are
     osora sample --prompt … --checkpoint … [--image …|--video …] [--motion-score N]
     osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
@@ -46,6 +47,41 @@ def _config_apply(args: argparse.Namespace) -> int:
         )
     print(f"params/ now holds the {args.profile!r} profile; `dvc repro` will run it")
     return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """Print the broken cross-file rules (osora.config.check); 1 when any fails the check."""
+    from osora.config.check import WEIGHTS_FIX, check_profile
+
+    if args.stage and args.stage not in (stages := _dvc_stages()):
+        raise ValueError(f"--stage {args.stage!r} is no stage of dvc.yaml ({', '.join(stages)})")
+    violations = check_profile(load_settings(args.profile), args.stage)
+    rules = [v for v in violations if not v.missing_weights]
+    weights = [v for v in violations if v.missing_weights]
+    scope = f"profile {args.profile!r}" + (f", stage {args.stage}" if args.stage else "")
+    if rules:
+        print(f"{scope}: {len(rules)} broken rule(s):")
+        for v in rules:
+            print(f"  - {v.describe(args.profile)}")
+    if weights:
+        print(f"{scope}: {len(weights)} weight file(s) missing"
+              + (" (--no-weights: listed, not failed)" if args.no_weights else "")
+              + f"; fix: {WEIGHTS_FIX}:")
+        for v in weights:
+            print(f"  - {v.describe(args.profile, fix=False)}")
+    failing = rules + ([] if args.no_weights else weights)
+    if not failing:
+        print(f"{scope}: buckets, context parallelism, text widths"
+              + (" check out (weight files not required)" if args.no_weights
+                 else " and weight files check out"))
+    return 1 if failing else 0
+
+
+def _dvc_stages() -> list[str]:
+    """dvc.yaml's stage names, a `foreach` stage's as name@item."""
+    stages = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]
+    return [f"{name}@{item}" if "foreach" in spec else name
+            for name, spec in stages.items() for item in spec.get("foreach", [None])]
 
 
 def _results(args: argparse.Namespace) -> int:
@@ -107,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     apply = config_sub.add_parser("apply", help="write a profile's params into params/")
     apply.add_argument("profile")
     apply.set_defaults(func=_config_apply)
+    check = config_sub.add_parser(
+        "check", help="check the rules between params files: batch sizes for every latent "
+        "frame count, context parallel degrees, text widths, weight files",
+        description="Exit 1 listing every broken rule, each with its file, key and fix.")
+    check.add_argument("--profile", default=DEFAULT_PROFILE)
+    check.add_argument("--stage", help="only the rules that stop this DVC stage (e.g. "
+                       "dit_stage3, ae_train), as the stage checks itself before it trains")
+    check.add_argument("--no-weights", action="store_true",
+                       help="check the structure alone: weight files that do not exist yet "
+                       "(checkpoints you supply, as the paper profile's) are listed, not failed; "
+                       "the training stages still require them")
+    check.set_defaults(func=_config_check)
 
     results = sub.add_parser("results", help="print where the pipeline's results are")
     results.set_defaults(func=_results)

@@ -1,35 +1,40 @@
 """What a stage cost: device-hours and USD from the price table in params/cost.yaml.
 
-GPU stages are charged per GPU-hour (the instance's CPUs are part of that price, as in the
-paper's $2/GPU-hour); CPU-only stages per allotted core-hour.
+GPU stages are charged per GPU-hour, one GPU per rank (the instance's CPUs are part of that
+price, as in the paper's $2/GPU-hour); CPU-only stages per allotted core-hour, on every node of
+the job.
 """
 
 import os
 from dataclasses import dataclass
 
 from osora.config.cost import CostParams
+from osora.job import current_job
 
 
 @dataclass(frozen=True)
 class Resources:
-    """The devices one stage run holds for its whole wall time."""
+    """The devices one stage run holds for its whole wall time: every rank's, on every node."""
 
     device_kind: str  # "cpu", or the GPU's name, e.g. "NVIDIA H200"
-    device_count: int  # GPUs across all ranks; 0 for CPU-only stages
-    cpu_cores: int  # cores allotted to this process
+    device_count: int  # GPUs across all ranks (one per rank); 0 for CPU-only stages
+    cpu_cores: int  # cores across the job's nodes
 
 
 def detect_resources(device: str) -> Resources:
-    """Resources for a stage running on `device` ("cpu", "cuda", "cuda:1")."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """Resources of the job this process is a rank of (osora.job), computing on `device`
+    ("cpu", "cuda", "cuda:1")."""
+    job = current_job()
+    node_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    # torchrun's ranks on a node share its cores: count them once per node
+    cores = (node_cores or os.cpu_count() or 1) * job.nodes
     if not device.startswith("cuda"):
-        return Resources("cpu", 0, cores or 1)
+        return Resources("cpu", 0, cores)
     import torch  # only GPU stages pay for the import
 
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    return Resources(torch.cuda.get_device_name(torch.device(device)), world, cores or 1)
+    return Resources(torch.cuda.get_device_name(torch.device(device)), job.world_size, cores)
 
 
 def gpu_price(device_kind: str, cost: CostParams) -> float:

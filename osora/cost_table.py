@@ -1,9 +1,11 @@
-"""`osora cost`: RECIPE Table 3's layout (stage, data, CP, iterations, GPUs, GPU-days, USD) from
-the DiT stages' MLflow runs, and a forecast of the same table before a recipe is launched.
+"""`osora cost`: RECIPE Table 3's layout (stage, data, CP, iterations, devices, GPU-days, USD)
+from the DiT stages' MLflow runs, and a forecast of the same table before a recipe is launched.
 
 Report: the newest finished run of each `dit_<stage>` stage gives its clips (`train_clips`),
-steps, GPUs (`cost.device_count`), GPU-hours and USD (`cost.*`, logged by every stage run).
-CPU runs have no GPU-days; their device-hours and USD are those of the CPU cores.
+steps, its stage's context-parallel degree (param `dit.train.stages.<stage>.context_parallel`),
+devices (param `parallel.world_size`: one GPU per rank), GPU-hours and USD (`cost.*`, logged
+by every stage run). A CPU run's devices are its processes ("2 CPU"); it has no GPU-days, its
+USD is that of the CPU core-hours.
 
 Forecast: from measured throughput per bucket — samples per second per GPU at the bucket's
 batch size (e.g. RECIPE Table 5: 12.7 videos/s on 8 H200s at 5–33 frames = 1.59 per GPU) — and
@@ -20,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-COLUMNS = ("stage", "data", "CP", "iters", "GPUs", "GPU-days", "USD")
+COLUMNS = ("stage", "data", "CP", "iters", "devices", "GPU-days", "USD")
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,10 @@ class StageCost:
     data: int | None  # clips trained on
     cp: int  # context-parallel degree
     iters: int
-    gpus: int
+    devices: int  # GPUs; a CPU run's processes
     gpu_days: float
     usd: float
+    on_cpu: bool = False  # a CPU run: `devices` are its processes
 
 
 def logged_costs(client, experiment_name: str, stages: list[str]) -> list[StageCost]:
@@ -49,11 +52,13 @@ def logged_costs(client, experiment_name: str, stages: list[str]) -> list[StageC
         if not runs:
             continue
         m, params = runs[0].data.metrics, runs[0].data.params
+        # runs logged before parallel.world_size was: their GPUs, or one CPU process
+        devices = params.get("parallel.world_size", m.get("cost.device_count") or 1)
         rows.append(StageCost(
             stage, int(m["train_clips"]) if "train_clips" in m else None,
-            int(params.get("dit.train.context_parallel", 1)), int(m.get("steps", 0)),
-            int(m.get("cost.device_count", 0)), m.get("cost.gpu_hours", 0.0) / 24,
-            m.get("cost.usd", 0.0)))
+            int(params.get(f"dit.train.stages.{stage}.context_parallel", 1)),
+            int(m.get("steps", 0)), int(devices), m.get("cost.gpu_hours", 0.0) / 24,
+            m.get("cost.usd", 0.0), on_cpu=params.get("cost.device_kind") == "cpu"))
     return rows
 
 
@@ -79,8 +84,9 @@ def forecast_stage(stage: str, steps: int, gpus: int, batch: Mapping[int, int],
 def format_table(rows: list[StageCost]) -> str:
     """Markdown in Table 3's layout, with a total row."""
     def fmt(r: StageCost) -> list[str]:
+        devices = f"{r.devices} CPU" if r.on_cpu else str(r.devices)
         return [r.stage, "" if r.data is None else f"{r.data:,}", str(r.cp), f"{r.iters:,}",
-                str(r.gpus), f"{r.gpu_days:,.2f}", f"{r.usd:,.2f}"]
+                devices, f"{r.gpu_days:,.2f}", f"{r.usd:,.2f}"]
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r)) + " |" for r in rows]

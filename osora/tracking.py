@@ -5,14 +5,23 @@
         run.log_metrics({"videos": n})
         run.log_output(store, "videos", version)
 
-Every run carries the DVC stage, the git commit, the table versions it read and wrote, and its
-cost (wall seconds, device kind and count, GPU-hours, CPU-hours, USD) — logged even when the
-stage fails, because the time was spent all the same.
+Every run carries the DVC stage, the git commit, the table versions it read and wrote, the job's
+size (params parallel.world_size, parallel.nodes) and its cost (wall seconds, device kind and
+count, GPU-hours, CPU-hours, USD) — logged even when the stage fails, because the time was
+spent all the same.
+
+One run per stage: under torchrun only rank 0 talks to MLflow. The other ranks get an
+`OtherRankRun`, with the same methods, that records nothing (the training loop hands rank 0 the
+metrics reduced over all ranks), so a stage of N processes is one run, and the ranks of a fresh
+project do not race to create the sqlite store.
 """
 
 import os
 import re
+import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from osora.config import Settings
-from osora.cost import cost_metrics, detect_resources
+from osora.cost import cost_metrics, detect_resources, gpu_price
+from osora.job import Job, current_job
 from osora.lineage import TableRef, read_receipt, write_receipt
 from osora.paths import project_root, workspace_root
 
@@ -156,16 +166,63 @@ class StageRun:
         write_receipt(path, stage=self.stage, outputs=self.outputs)
 
 
+class OtherRankRun(StageRun):
+    """The handle of a rank other than 0: the same calls, none of which reaches MLflow (rank 0
+    owns the stage's run). Inputs are still read; events go to stderr."""
+
+    def __init__(self, stage: str, rank: int):
+        super().__init__(stage, run_id="")
+        self.rank = rank
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Nothing: rank 0 logs the metrics the training loop reduced over ranks."""
+
+    def log_event(self, event: dict) -> None:
+        self.events.append(event)
+        print(f"{self.stage} rank {self.rank}: {event['kind']} at step {event.get('step')}: "
+              f"{event.get('detail', '')}", file=sys.stderr, flush=True)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Nothing: artifacts are rank 0's to log."""
+
+    def log_input(self, ref: TableRef) -> None:
+        """Nothing: rank 0 records the inputs (every rank reads the same receipt)."""
+
+    def log_weights(self, path: Path, role: str) -> None:
+        """Nothing: rank 0 records the weights."""
+
+    def log_output(self, store: "Store", table: str, version: int) -> TableRef:
+        raise RuntimeError(f"{self.stage}: rank {self.rank} recorded the output table "
+                           f"{table}; only rank 0 records outputs (guard with dist.is_main)")
+
+    def write_receipt(self, path: Path) -> None:
+        raise RuntimeError(f"{self.stage}: rank {self.rank} wrote the receipt {path}; only "
+                           "rank 0 writes receipts (guard with dist.is_main)")
+
+
 @contextmanager
 def stage_run(
     stage: str, settings: Settings, params_key: str | tuple[str, ...], *, device: str = "cpu"
 ) -> Iterator[StageRun]:
     """Open an MLflow run for one execution of `stage`, whose params are `params_key`
     (a dotted path into the settings, e.g. "data.synth", or several — the same keys dvc.yaml
-    tracks)."""
+    tracks). On the other ranks of a torchrun job: an `OtherRankRun`, no MLflow."""
+    job = current_job()
+    if job.rank != 0:
+        yield OtherRankRun(stage, job.rank)
+        return
+    with _logged_run(stage, settings, params_key, device, job) as run:
+        yield run
+
+
+@contextmanager
+def _logged_run(stage: str, settings: Settings, params_key: str | tuple[str, ...],
+                device: str, job: Job) -> Iterator[StageRun]:
     import mlflow
 
-    resources = detect_resources(device)  # fails fast, e.g. on a GPU with no price
+    resources = detect_resources(device)
+    if resources.device_count:
+        gpu_price(resources.device_kind, settings.cost)  # fails fast on a GPU with no price
     mlflow.set_tracking_uri(tracking_uri(settings))
     experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
     if experiment is None:
@@ -183,16 +240,21 @@ def stage_run(
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))),
         "osora.device_kind": resources.device_kind,
     }
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline")):
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline"),
+                     # a restarted torchrun job: every attempt's run, under one id
+                     ("TORCHELASTIC_RUN_ID", "torchrun.run_id"),
+                     ("TORCHELASTIC_RESTART_COUNT", "torchrun.restart")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
 
     start = time.perf_counter()
-    with mlflow.start_run(run_name=stage, tags=tags) as active:
+    with _sigterm_as_exit(), mlflow.start_run(run_name=stage, tags=tags) as active:
         keys = (params_key,) if isinstance(params_key, str) else params_key
         params = {k: v for key in keys for k, v in flatten(key, section(settings, key)).items()}
         params["store.uri"] = settings.store.uri
         params["cost.device_kind"] = resources.device_kind
+        params["parallel.world_size"] = job.world_size
+        params["parallel.nodes"] = job.nodes
         mlflow.log_params(params)
         run = StageRun(stage, active.info.run_id)
         try:
@@ -200,6 +262,20 @@ def stage_run(
         finally:
             wall = time.perf_counter() - start
             mlflow.log_metrics(cost_metrics(wall, resources, settings.cost))
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit meanwhile, so the run ends as failed with its cost logged:
+    torchrun stops the surviving ranks so when one fails (and SLURM a cancelled job)."""
+    if threading.current_thread() is not threading.main_thread():  # only main sets handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _git(*args: str) -> str | None:

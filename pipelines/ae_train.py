@@ -1,7 +1,9 @@
 """DVC stage `ae_train`: train the Video DC-AE on a pyramid level's training clips.
 
-One process on CPU (the tiny default), or sharded with FSDP2 under torchrun:
-    torchrun --nproc-per-node 8 pipelines/ae_train.py --pyramid ... --out ...
+Started by `python -m osora.launch` (dvc.yaml): torchrun with params/launch.yaml's ranks, one
+CPU process in the tiny default, sharded with FSDP2 over several (docs/launch.md):
+    python -m osora.launch pipelines/ae_train.py --pyramid ... --out ...
+Rank 0 owns the stage's MLflow run (osora.tracking).
 Resumes from the newest checkpoint of an identical run (same params, same input table) that
 was interrupted; writes the weights (the EMA's when on) as safetensors.
 """
@@ -11,7 +13,9 @@ from functools import partial
 from pathlib import Path
 
 from osora.config import load_settings
+from osora.config.check import require_valid
 from osora.data.split import split_rows
+from osora.launch import process_group_backend
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
 from osora.progress import progress_bar
@@ -42,9 +46,10 @@ def main() -> None:
     from osora.weights.autoencoder import save_dcae
 
     settings = load_settings()
+    require_valid(settings, STAGE)  # the rules across params files
     params = settings.ae
     store = Store.from_settings(settings.store)
-    dist = init_distributed(None if params.train.device == "cuda" else "gloo")
+    dist = init_distributed(process_group_backend(settings.launch, params.train.device))
     device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
     if params.train.device == "cuda":
         torch.cuda.set_device(device)

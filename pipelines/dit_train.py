@@ -2,11 +2,12 @@
 table (RECIPE §4–§6), one stage per run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
 and params/buckets.yaml:stages.NAME.
 
-One process on CPU (the tiny default), or sharded with FSDP2 under torchrun — with the stage's
-`context_parallel` degree, groups of that many ranks share each sample's sequence — restarted
-after a hang or slowdown (osora.train.recovery):
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc-per-node 8 --max-restarts 3 \
-        pipelines/dit_train.py --stage stage1 ...
+Started by `python -m osora.launch` (dvc.yaml): torchrun with params/launch.yaml's ranks, one
+CPU process in the tiny default, sharded with FSDP2 over several — with the stage's
+`context_parallel` degree, groups of that many ranks share each sample's sequence — and
+restarted after a hang or slowdown (osora.train.recovery; docs/launch.md):
+    python -m osora.launch pipelines/dit_train.py --stage stage1 ...
+Rank 0 owns the stage's MLflow run (osora.tracking).
 Resumes from the newest checkpoint of an identical run; writes the weights as an osora MMDiT
 checkpoint (config and text encoder in its metadata) to <models>/<stage>/dit.safetensors.
 """
@@ -17,6 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from osora.config import load_settings
+from osora.config.check import require_valid
+from osora.launch import process_group_backend
 from osora.lineage import read_receipt
 from osora.paths import workspace_root
 from osora.progress import progress_bar
@@ -57,6 +60,7 @@ def main() -> None:
     from osora.weights.mmdit import save_mmdit
 
     settings = load_settings()
+    require_valid(settings, f"dit_{args.stage}")  # the rules across params files
     params = settings.dit
     if args.stage not in params.train.stages:
         raise SystemExit(f"dit_train: no stage {args.stage!r} in params/dit.yaml train.stages "
@@ -64,7 +68,7 @@ def main() -> None:
     stage = params.train.stages[args.stage]
     name = f"dit_{args.stage}"  # the DVC stage
     store = Store.from_settings(settings.store)
-    dist = init_distributed(None if params.train.device == "cuda" else "gloo")
+    dist = init_distributed(process_group_backend(settings.launch, params.train.device))
     device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
     try:
         context = context_layout(dist, stage.context_parallel)

@@ -1,6 +1,8 @@
 """DVC stage `tune_buckets` (frozen: run it on purpose, `dvc unfreeze tune_buckets && dvc repro
-tune_buckets`, or `osora tune buckets`): the per-bucket batch-size search of RECIPE §6, written
-into params/buckets.yaml for the training stages to pick up."""
+tune_buckets`, or `osora tune buckets`): the per-bucket batch-size search, written into
+params/buckets.yaml for the training stages to pick up. This process runs the search; each
+probe is a torchrun job of params/launch.yaml's ranks (osora.tune.probe), so run it where the
+training stage would run (e.g. on the SLURM allocation's first node)."""
 
 import argparse
 from pathlib import Path

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +59,30 @@ def copy_project(dest: Path) -> Path:
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "clone", cwd=dest)
     return dest
+
+
+def edit_yaml(path: Path, change: Callable[[dict], object]) -> None:
+    """Change a params file in place: `change` edits its parsed mapping."""
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def write_latents(project: Path, tables: dict[str, list[dict]]) -> None:
+    """Latents tables in the project's local store (`tables`: name such as "latents_256px" →
+    rows of osora.schemas.LATENTS) and the receipt the latents stage writes for them,
+    lineage/latents.json: what the DiT stages read, without encoding any video."""
+    import pyarrow as pa
+
+    from osora.lineage import TableRef, write_receipt
+    from osora.schemas import schema_of
+    from osora.store import Store
+
+    store = Store(str(project / "store"))
+    refs = [TableRef(name, store.table_uri(name),
+                     store.sync(name, pa.Table.from_pylist(rows, schema=schema_of(name)),
+                                key="id"))
+            for name, rows in tables.items()]
+    write_receipt(project / "lineage" / "latents.json", stage="latents", outputs=refs)

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from osora.config import load_settings
 from osora.cost_table import StageCost, forecast_stage, format_table, logged_costs
@@ -31,27 +32,60 @@ def test_table_3_layout_with_a_total():
     text = format_table([StageCost("stage1", 70_000_000, 1, 85_000, 224, 2240.0, 107_520.0),
                          StageCost("stage2", None, 1, 13_000, 192, 384.0, 18_432.0)])
     lines = text.splitlines()
-    assert lines[0] == "| stage | data | CP | iters | GPUs | GPU-days | USD |"
+    assert lines[0] == "| stage | data | CP | iters | devices | GPU-days | USD |"
     assert lines[2] == "| stage1 | 70,000,000 | 1 | 85,000 | 224 | 2,240.00 | 107,520.00 |"
     assert lines[-1] == "| total | | | | | 2,624.00 | 125,952.00 |"
 
 
-def test_report_reads_the_newest_finished_stage_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A throwaway project as cwd (its MLflow store under it), as one process."""
     shutil.copytree(REPO / "params", tmp_path / "params")
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     monkeypatch.chdir(tmp_path)
-    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV",
+                "RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def edit_yaml(path: Path, change) -> None:
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc))
+
+
+def logged_rows(settings, stages: list[str]) -> list[StageCost]:
+    from mlflow import MlflowClient
+
+    return logged_costs(MlflowClient(tracking_uri(settings)), settings.tracking.experiment,
+                        stages)
+
+
+def test_report_reads_the_newest_finished_stage_runs(project):
     settings = load_settings()
     for steps in (10, 20):  # the newer run wins
         with stage_run("dit_stage1", settings, "dit.train") as run:
             run.log_metrics({"steps": steps, "train_clips": 15})
-    from mlflow import MlflowClient
-
-    rows = logged_costs(MlflowClient(tracking_uri(settings)), settings.tracking.experiment,
-                        ["stage1", "stage2"])
-    assert [(r.stage, r.iters, r.data, r.gpus) for r in rows] == [("stage1", 20, 15, 0)]
+    rows = logged_rows(settings, ["stage1", "stage2"])
+    assert [(r.stage, r.iters, r.data, r.devices, r.on_cpu) for r in rows] == \
+        [("stage1", 20, 15, 1, True)]
     assert rows[0].usd > 0  # CPU core-hours are priced
+
+
+def test_report_shows_each_stages_own_cp_degree_and_devices(project, monkeypatch):
+    edit_yaml(project / "params" / "dit.yaml",  # stage 3 only, on 2 ranks
+              lambda d: d["train"]["stages"]["stage3"].update(context_parallel=2))
+    edit_yaml(project / "params" / "launch.yaml", lambda d: d.update(nproc_per_node=2))
+    settings = load_settings()
+    for stage, world in (("stage2", 1), ("stage3", 2)):  # rank 0 of a 1- and a 2-process job
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        with stage_run(f"dit_{stage}", settings, "dit.train") as run:
+            run.log_metrics({"steps": 5})
+    rows = logged_rows(settings, ["stage1", "stage2", "stage3"])
+    assert [(r.stage, r.cp, r.devices) for r in rows] == [("stage2", 1, 1), ("stage3", 2, 2)]
+    assert "| stage3 |  | 2 | 5 | 2 CPU | 0.00 |" in format_table(rows)
 
 
 def test_cli_forecasts_the_paper_recipe(capsys):

@@ -214,10 +214,46 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     assert vbench["prompts"] == 10 and vbench["videos"] == 10 * per_prompt
     assert vbench["evaluated"] == 1 and vbench["not_evaluated"] == 15
     assert 0.5 < vbench["temporal_flickering"] <= 1.0 and "total" not in vbench
-    assert (clone / "samples" / "vbench" / f"In a still frame, a stop sign-{per_prompt - 1}.mp4").is_file()
+    stop_sign = f"In a still frame, a stop sign-{per_prompt - 1}.mp4"
+    assert (clone / "samples" / "vbench" / stop_sign).is_file()
 
     # the runs report: dit_sample linked by weights hashes to the three DiT stages
     report = (clone / "reports" / "runs.html").read_text()
     assert "vbench/temporal_flickering" in report and "data:image/png;base64," in report
     assert all(f"dit_stage{i}" in report for i in (1, 2, 3))
     assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"
+
+
+def test_training_stages_run_on_two_processes_through_torchrun(clone):
+    """The training stages as on a node of 2 GPUs, on 2 gloo processes: `dvc repro` starts them
+    through torchrun (params/launch.yaml), FSDP2 shards the AE and every DiT stage, stage 3
+    splits each sequence over both ranks (context parallel 2), and each stage is one MLflow run
+    that knows its world size. Few steps: this is about the launch, not the learning. Last in
+    this file: it leaves the clone's params changed."""
+    from mlflow import MlflowClient
+
+    before = runs_per_stage(clone)
+    changes = ["params/launch.yaml:nproc_per_node=2",
+               "params/ae.yaml:train.phase1_steps=8", "params/ae.yaml:train.phase2_steps=4",
+               "params/dit.yaml:train.stages.stage3.context_parallel=2"]
+    for stage in ("stage1", "stage2", "stage3"):
+        changes += [f"params/dit.yaml:train.stages.{stage}.{key}"
+                    for key in ("steps=6", "warmup_steps=0", "lr_drop=null")]
+    out = sh("dvc", "exp", "run", *(a for c in changes for a in ("-S", c)), "dit_stage3",
+             cwd=clone, timeout=1800)
+    for stage in ("ae_train", "dit_stage1", "dit_stage2", "dit_stage3"):
+        assert f"Running stage '{stage}'" in out, out
+    assert out.count("torch.distributed.run --nnodes 1 --nproc-per-node 2") == 4, out
+
+    trained = ("ae_train", "latents", "dit_stage1", "dit_stage2", "dit_stage3")
+    assert runs_per_stage(clone) == before + Counter(trained)  # one run per stage, not per rank
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("osora")
+    for stage in ("ae_train", "dit_stage1", "dit_stage2", "dit_stage3"):
+        newest = client.search_runs([experiment.experiment_id],
+                                    f"tags.`dvc.stage` = '{stage}'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
+        assert newest.info.status == "FINISHED", stage
+        assert newest.data.params["parallel.world_size"] == "2", stage
+    assert newest.data.params["dit.train.stages.stage3.context_parallel"] == "2"
+    assert json.loads((clone / "metrics" / "dit_stage3.json").read_text())["steps"] == 6

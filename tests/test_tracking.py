@@ -20,7 +20,8 @@ def project(tmp_path: Path, monkeypatch) -> Path:
     shutil.copytree(REPO / "params", tmp_path / "params")
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     monkeypatch.chdir(tmp_path)
-    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV",
+                "RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE"):  # a process on its own
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
@@ -72,6 +73,7 @@ def test_stage_run_logs_params_tags_metrics_and_cost(project, monkeypatch):
     assert m["cost.cpu_hours"] == pytest.approx(m["cost.wall_seconds"] / 3600 * m["cost.cpu_cores"])
     assert m["cost.usd"] == pytest.approx(m["cost.cpu_hours"] * settings.cost.cpu_core_hour_usd)
     assert logged.data.params["cost.device_kind"] == "cpu"
+    assert logged.data.params["parallel.world_size"] == "1"
     assert [a.path for a in client.list_artifacts(logged.info.run_id)] == ["note.txt"]
     everything = str(logged.data.params) + str(logged.data.tags)
     assert "hunter2-secret" not in everything
@@ -163,3 +165,76 @@ def test_logging_torchtitan_names_reaches_mlflow(project):
         run.log_metrics({"mfu(%)": 40.0, "throughput(tps)": 1e4}, step=3)
     _, logged = only_run(settings)
     assert logged.data.metrics["mfu_pct"] == 40.0 and logged.data.metrics["throughput_tps"] == 1e4
+
+
+def as_torchrun_rank(monkeypatch, rank: int, world_size: int, nodes: int) -> None:
+    """This process as one rank of a torchrun job: the variables torchrun gives each rank."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("GROUP_WORLD_SIZE", str(nodes))
+
+
+def test_only_rank_0_of_a_job_opens_the_run_and_it_records_the_jobs_size(project, monkeypatch,
+                                                                         capsys):
+    import os
+
+    from osora.lineage import TableRef, write_receipt
+    from osora.schemas import schema_of
+    from osora.store import Store
+
+    settings = load_settings()
+    store = Store.from_settings(settings.store)
+    rows = pa.Table.from_pylist([{"id": "a" * 32, "uri": "/x.mp4"}], schema=schema_of("videos"))
+    version = store.sync("videos", rows, key="id")
+    receipt = project / "lineage" / "ingest.json"
+    write_receipt(receipt, stage="ingest",
+                  outputs=[TableRef("videos", store.table_uri("videos"), version)])
+
+    as_torchrun_rank(monkeypatch, rank=1, world_size=4, nodes=2)
+    with stage_run("dit_stage1", settings, "dit.train") as run:
+        assert run.read_input(store, receipt, "videos").num_rows == 1  # every rank reads
+        run.log_metrics({"dit/loss": 1.0}, step=1)
+        run.log_event({"kind": "slow", "step": 3, "detail": "step took 2.5 s"})
+        with pytest.raises(RuntimeError, match="rank 1 recorded the output table videos"):
+            run.log_output(store, "videos", version)
+    assert not (project / "mlflow").exists()  # no run, not even the sqlite file
+    assert "dit_stage1 rank 1: slow at step 3: step took 2.5 s" in capsys.readouterr().err
+
+    as_torchrun_rank(monkeypatch, rank=0, world_size=4, nodes=2)
+    with stage_run("dit_stage1", settings, "dit.train") as run:
+        run.read_input(store, receipt, "videos")
+    _, logged = only_run(settings)
+    assert logged.data.params["parallel.world_size"] == "4"
+    assert logged.data.params["parallel.nodes"] == "2"
+    assert logged.data.tags["lance.input.videos.version"] == str(version)
+    m = logged.data.metrics
+    assert m["cost.cpu_cores"] == 2 * len(os.sched_getaffinity(0))  # both nodes' cores
+    assert m["cost.device_count"] == 0 and m["cost.gpu_hours"] == 0.0
+
+
+# A stage that holds its run open until a signal ends it.
+WAITING_STAGE = """
+import time
+from osora.config import load_settings
+from osora.tracking import stage_run
+with stage_run("dit_stage1", load_settings(), "dit.train"):
+    print("open", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_stage_stopped_by_sigterm_ends_failed_with_its_cost(project):
+    """torchrun stops the surviving ranks with SIGTERM when one fails: rank 0's run must not
+    stay RUNNING without a cost."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", WAITING_STAGE], cwd=project,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "open\n"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    _, logged = only_run(load_settings())
+    assert logged.info.status == "FAILED"
+    assert logged.data.metrics["cost.wall_seconds"] > 0

@@ -12,6 +12,20 @@ class BucketRuleParams(Params):
     keep: float = Field(ge=0.0, le=1.0, description="probability an item is used per epoch")
 
 
+class ProbedRun(Params):
+    """How the search's probes ran, as their ranks reported it (osora.tune.probe_worker)."""
+
+    world_size: int = Field(ge=1, description="ranks of each probe's torchrun job")
+    nodes: int = Field(ge=1)
+    context_parallel: int = Field(ge=1, description="ranks sharing one sample's sequence")
+    fsdp: bool = Field(description="the model's blocks FSDP2-sharded over the ranks")
+    checkpointing: str = Field(description="the stage's: checkpointed double/single blocks "
+                               "(-1: all), +offload")
+    depth: str = Field(description="double+single blocks of the probed model")
+    full_depth: bool = Field(description="false: params/tune.yaml reduced the depth")
+    device: str = Field(description="rank 0's device")
+
+
 class SearchRecord(Params):
     """What a stage's batch sizes were searched for (written by `osora tune buckets`)."""
 
@@ -24,6 +38,8 @@ class SearchRecord(Params):
     time_tolerance: float
     reference_bucket: int = Field(description="the highest-token bucket's frame count")
     probes: int = Field(ge=0, description="probes in the studies (resumed ones included)")
+    probed: ProbedRun | None = Field(default=None, description="how the probes ran; null: "
+                                     "searched before probes reported it")
 
 
 class BucketsParams(Params):

@@ -19,9 +19,11 @@ from osora.config.cost import CostParams
 from osora.config.data import DataParams
 from osora.config.dit import DiTParams
 from osora.config.eval import EvalParams
+from osora.config.launch import LaunchParams
 from osora.config.store import StoreSettings
 from osora.config.tracking import TrackingSettings
 from osora.config.tune import TuneParams
+from osora.config.yaml12 import load_yaml12
 from osora.paths import project_root
 
 ENV_PREFIX = "OSORA_"
@@ -49,6 +51,7 @@ class Settings(BaseSettings):
     eval: EvalParams
     store: StoreSettings
     tracking: TrackingSettings
+    launch: LaunchParams
 
     @model_validator(mode="after")
     def _latent_sets_exist(self) -> "Settings":
@@ -129,7 +132,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"{path}: missing; every section needs its params file"])
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml12(path.read_text())  # DVC's `-S` writes YAML 1.2
     except yaml.YAMLError as err:
         raise ConfigError([f"{path}: not valid YAML: {err}".replace("\n", " ")]) from None
     if content is None:
@@ -163,15 +166,7 @@ def _explain(err: ValidationError, raw: dict, params_dir: Path, profile: str) ->
     for e in err.errors():
         loc = [str(part) for part in e["loc"]]
         section, key = loc[0], ".".join(loc[1:])
-        env_name = ENV_PREFIX + ENV_DELIMITER.join(loc).upper()
-        if env_name in os.environ:
-            source = f"environment {env_name}"
-        elif profile != DEFAULT_PROFILE and _has_key(
-            params_dir / "profiles" / profile / f"{section}.yaml", loc[1:]
-        ):
-            source = str(params_dir / "profiles" / profile / f"{section}.yaml")
-        else:
-            source = str(params_dir / f"{section}.yaml")
+        source = key_source(loc, profile, params_dir)
         if e["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
             lines.append(f"{source}: unknown key {key!r}; allowed here: {allowed}")
@@ -183,10 +178,25 @@ def _explain(err: ValidationError, raw: dict, params_dir: Path, profile: str) ->
     return lines
 
 
+def key_source(loc: list[str], profile: str = DEFAULT_PROFILE,
+               params_dir: Path | None = None) -> str:
+    """Where the value at `loc` ([section, key, ...]) comes from: an OSORA_* variable, the
+    profile's overlay file, or params/<section>.yaml."""
+    params_dir = params_dir or project_root() / "params"
+    section = loc[0]
+    env_name = ENV_PREFIX + ENV_DELIMITER.join(loc).upper()
+    if env_name in os.environ:
+        return f"environment {env_name}"
+    overlay = params_dir / "profiles" / profile / f"{section}.yaml"
+    if profile != DEFAULT_PROFILE and _has_key(overlay, loc[1:]):
+        return str(overlay)
+    return str(params_dir / f"{section}.yaml")
+
+
 def _has_key(path: Path, keys: list[str]) -> bool:
     if not path.is_file():
         return False
-    node: Any = yaml.safe_load(path.read_text())
+    node: Any = load_yaml12(path.read_text())
     for k in keys:
         if not isinstance(node, dict) or k not in node:
             return False

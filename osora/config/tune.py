@@ -1,5 +1,6 @@
-"""params/tune.yaml: the per-bucket batch-size search (osora.tune; RECIPE §6 "Batch-size
-search"), whose result is written into params/buckets.yaml."""
+"""params/tune.yaml: the per-bucket batch-size search (osora.tune), whose result is written
+into params/buckets.yaml. Each probe runs as the tuned stage trains: params/launch.yaml's
+ranks, the stage's context parallelism and checkpointing (params/dit.yaml)."""
 
 from typing import Literal
 
@@ -12,11 +13,13 @@ class TuneParams(Params):
     stage: str = Field(min_length=1, description="the params/buckets.yaml stage to fill; its "
                        "latent set (params/dit.yaml train.stages.*.latents) gives the shapes")
     depth_double: int | None = Field(ge=0, description="double blocks of the probed model; "
-                                     "null: params/dit.yaml model's (a reduced-depth run)")
+                                     "null: params/dit.yaml model's (full depth, the run "
+                                     "tuned); a number: a reduced-depth probe, recorded as "
+                                     "such in params/buckets.yaml searched")
     depth_single: int | None = Field(ge=0, description="single blocks; null: the model's")
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
-    memory_mb: int = Field(ge=16, description="CPU: the memory each probe process may use "
+    memory_mb: int = Field(ge=16, description="CPU: the memory each probe rank may use "
                            "beyond Python + torch (enforced); CUDA uses the device's memory")
     max_batch: int = Field(ge=1, description="the largest batch size tried per bucket")
     time_tolerance: float = Field(ge=1.0, description="a bucket's step, forward and backward "

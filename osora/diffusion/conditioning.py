@@ -118,7 +118,9 @@ def build_cond(latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[mask, mask·latent] → (B, C+1, T, H, W), in latent's dtype.
 
     latent: (B, C, T, H, W), the separately encoded condition frames (other frames may hold
-    anything: they are zeroed). mask: (T,) or (B, T) bool, True = conditioned frame.
+    anything: they are zeroed). mask: (T,) or (B, T) bool, True = conditioned frame; each sample
+    must leave a frame to generate (checked here, where the mask is made on the host, rather
+    than in `flow.flow_loss` every step).
     """
     if latent.ndim != 5:
         raise ValueError(f"latent must be (B, C, T, H, W), got {tuple(latent.shape)}")
@@ -128,6 +130,12 @@ def build_cond(latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if mask.shape != (b, t):
         raise ValueError(f"mask must be (T,) = ({t},) or (B, T) = ({b}, {t}), "
                          f"got {tuple(mask.shape)}")
+    whole = mask.bool().all(dim=1)  # (B,): samples with every frame given
+    if bool(whole.any()):
+        samples = whole.nonzero().flatten().tolist()
+        raise ValueError(f"mask conditions every frame of samples {samples}, leaving nothing to "
+                         "generate or learn from: give at most T - 1 frames (condition_mask "
+                         "refuses such kinds; use t2v for images)")
     m = mask.to(device=latent.device, dtype=latent.dtype)[:, None, :, None, None]  # (B,1,T,1,1)
     m = m.expand(b, 1, t, h, w)  # (B, 1, T, H, W)
     return torch.cat([m, m * latent], dim=1)  # (B, C+1, T, H, W)

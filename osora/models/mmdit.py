@@ -15,7 +15,8 @@ guidance scale for a guidance-distilled FLUX-dev) drives adaLN modulation everyw
   RMS norm and RoPE: Triton on GPUs, their torch references elsewhere.
 
 Attention runs 3D RoPE (osora/models/rope.py: text positions 0, video (t, h, w) grid
-coordinates) and torch's scaled_dot_product_attention (osora/models/attention.py). The model
+coordinates) and torch's scaled_dot_product_attention in each block's `attention` module
+(osora/models/attention.py: the seam context parallelism swaps; it holds no weights). The model
 predicts the flow velocity v = noise − data with t = 1 pure noise, so a sampler steps
 x ← x + (t_next − t)·v from t = 1 to 0.
 
@@ -47,7 +48,7 @@ from einops import rearrange
 from torch import nn
 
 from osora.kernels import modulate as norm_modulate
-from osora.models.attention import attention
+from osora.models.attention import Attention
 from osora.models.layers import RMSNorm
 from osora.models.rope import (
     LAYOUTS,
@@ -255,7 +256,7 @@ class DoubleStreamBlock(nn.Module):
     def __init__(self, cfg: MMDiTConfig):
         super().__init__()
         dim = cfg.hidden_size
-        self.rope_layout = cfg.rope_layout
+        self.attention = Attention(cfg.rope_layout)
         self.img_mod = Modulation(dim, 6)
         self.img_attn = SelfAttention(dim, cfg.num_heads, cfg.qkv_bias)
         self.img_mlp = _mlp(dim, cfg.mlp_hidden)
@@ -283,7 +284,7 @@ class DoubleStreamBlock(nn.Module):
         q = torch.cat([txt_q, img_q], dim=2)  # (B, H, L + N, D)
         k = torch.cat([txt_k, img_k], dim=2)
         v = torch.cat([txt_v, img_v], dim=2)
-        out = attention(q, k, v, freqs, self.rope_layout, mask)  # (B, L + N, dim)
+        out = self.attention(q, k, v, freqs, mask)  # (B, L + N, dim)
         txt_out, img_out = out[:, : txt.shape[1]], out[:, txt.shape[1] :]
 
         img = img + i_gate1 * self.img_attn.proj(img_out)
@@ -302,7 +303,7 @@ class SingleStreamBlock(nn.Module):
         self.dim = dim
         self.num_heads = cfg.num_heads
         self.mlp_hidden = cfg.mlp_hidden
-        self.rope_layout = cfg.rope_layout
+        self.attention = Attention(cfg.rope_layout)
         self.linear1 = nn.Linear(dim, 3 * dim + self.mlp_hidden)  # q, k, v, MLP input
         self.linear2 = nn.Linear(dim + self.mlp_hidden, dim)  # [attention; MLP] → dim
         self.norm = QKNorm(cfg.head_dim)
@@ -322,7 +323,7 @@ class SingleStreamBlock(nn.Module):
         )  # (B, L + N, 3·dim), (B, L + N, mlp_hidden)
         q, k, v = rearrange(qkv, "b n (k h d) -> k b h n d", k=3, h=self.num_heads)
         q, k = self.norm(q, k)  # (B, H, L + N, D)
-        out = attention(q, k, v, freqs, self.rope_layout, mask)  # (B, L + N, dim)
+        out = self.attention(q, k, v, freqs, mask)  # (B, L + N, dim)
         return x + gate * self.linear2(torch.cat([out, self.mlp_act(mlp)], dim=-1))
 
 
@@ -500,8 +501,9 @@ class MMDiT(nn.Module):
 
     def run_blocks(self, img, txt, vec, freqs, mask=None) -> torch.Tensor:
         """Double then single blocks: [text; video] tokens (B, L + N, dim). Under context
-        parallelism img and txt are one rank's parts of the sequence (see train/context_parallel)
-        and freqs theirs, while the mask covers the whole sequence."""
+        parallelism img and txt are one rank's parts of the sequence while freqs and the mask
+        cover the whole of it: the blocks' attention modules take their part's freqs and attend
+        over the rank group (see train/context_parallel)."""
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, freqs, mask)
         seq = torch.cat([txt, img], dim=1)  # (B, L + N, dim)

@@ -35,9 +35,9 @@ HEADLINE = ("colour_accuracy", "shape_accuracy", "direction_accuracy", "directio
             "ssim", "lpips", "vbench/total", "vbench/quality", "vbench/semantic")
 DETAIL = tuple(f"vbench/{name}" for name in DIMENSIONS)  # tabled, not plotted
 # Recorded by every stage run: agreeing on them says nothing about which model was evaluated;
-# the device a run used does not change what it evaluated.
+# the devices a run used (and how many ranks) do not change what it evaluated.
 UNIVERSAL = frozenset({"store.uri"})
-IGNORED = frozenset({"cost.device_kind"})
+IGNORED = frozenset({"cost.device_kind", "parallel.world_size", "parallel.nodes"})
 
 
 def scores(run: Run, names: tuple[str, ...] = HEADLINE + DETAIL) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""torchtitan's parallelize_fn for osora's MMDiT: activation checkpointing, optional
-torch.compile, then FSDP2 / HSDP per MMDIT_SHARD_UNITS — torchtitan's FLUX order
-(`parallelize_flux`) with osora's own pieces.
+"""torchtitan's parallelize_fn for osora's MMDiT: context-parallel attention, activation
+checkpointing, optional torch.compile, then FSDP2 / HSDP per MMDIT_SHARD_UNITS — torchtitan's
+FLUX order (`parallelize_flux`) with osora's own pieces.
 
 - activation checkpointing: osora.train.activation_checkpoint by block index. torchtitan's
   `activation_checkpoint.mode`: "none"; "full" = every block; "selective" = the first
@@ -14,10 +14,12 @@ torch.compile, then FSDP2 / HSDP per MMDIT_SHARD_UNITS — torchtitan's FLUX ord
   `parallelism.fsdp_reshard_after_forward`; then torchtitan's
   `disable_fsdp_gradient_division`, because its train_step already divides the loss by the
   global token count. On gloo, shard_model forces SUM reductions (no PREMUL_SUM there).
-- context parallelism (cp > 1): the fsdp mesh includes the cp ranks, so FSDP2 sums their
-  partial gradients; the root's `embed` is registered as an FSDP2 forward method because
-  osora.train.context_parallel.context_parallel_forward enters there. The trainer splits
-  the sequence (OsoraTrainer).
+- context parallelism (cp > 1): every block's attention module becomes attention over the
+  "cp" mesh's group with [osora] cp_attention (osora.train.context_parallel.
+  parallelize_attention, as torchtitan swaps attention modules); the fsdp mesh includes the cp
+  ranks, so FSDP2 sums their partial gradients; the root's `embed` is registered as an FSDP2
+  forward method because osora.train.context_parallel.context_parallel_forward enters there.
+  The trainer splits the sequence (OsoraTrainer).
 
 Tensor, pipeline and expert parallelism, DDP without sharding, and FSDP CPU offload are
 refused with an error naming the setting.
@@ -33,6 +35,7 @@ from torchtitan.tools.logging import logger
 from osora.titan.job_config import osora_options
 from osora.train.activation_checkpoint import apply_checkpointing
 from osora.train.block_compile import compile_blocks
+from osora.train.context_parallel import parallelize_attention
 from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.parallel import shard_model
 
@@ -42,6 +45,10 @@ def parallelize_osora_mmdit(model: nn.Module, parallel_dims, job_config) -> nn.M
     model is still on the meta device and is changed in place and returned."""
     _refuse_unsupported(parallel_dims, job_config)
     opts = osora_options(job_config)
+
+    if parallel_dims.cp_enabled:
+        parallelize_attention(model, parallel_dims.get_mesh("cp").get_group(), opts.cp_attention)
+        logger.info(f"Context parallelism: {opts.cp_attention} attention over the cp mesh")
 
     done = _apply_activation_checkpointing(model, job_config.activation_checkpoint.mode, opts)
     if done:

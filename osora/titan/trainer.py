@@ -18,9 +18,10 @@ So with the same weights, batches and seed, a step here is osora's step (tests/t
 
 Context parallelism (parallelism.context_parallel_degree > 1): the ranks of a cp group read
 the same batch and draw the same noise (data rank = batch-mesh rank), and FlowObjective runs
-the MMDiT through osora.train.context_parallel.context_parallel_forward on torchtitan's cp
-mesh. Every rank of a group then holds the group's whole loss, so the value returned for
-logging is divided by the cp degree (torchtitan sums it over its "loss" mesh).
+the MMDiT through osora.train.context_parallel.context_parallel_forward, its attention bound to
+torchtitan's cp mesh by osora.titan.parallelize. Every rank of a group then holds the group's
+whole loss, so the value returned for logging is divided by the cp degree (torchtitan sums it
+over its "loss" mesh).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class OsoraTrainer(Trainer):
 
             dp = dims.get_mesh("batch").size() if dims.dp_enabled else 1
             layout = ContextLayout(self.cp, dp, self.data_rank, dims.get_mesh("cp").get_group())
-            context = {"context": layout, "cp_attention": opts.cp_attention}
+            context = {"context": layout}  # attention bound to the cp group by parallelize
         # osora's objective; its Update's optimizer is not used here (torchtitan's train_step
         # zeroes, clips and steps self.optimizers)
         self.objective = FlowObjective(model, self.optimizers, patch_size=model.config.patch_size,

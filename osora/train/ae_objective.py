@@ -75,7 +75,7 @@ class AEObjective:
         adversarial = self.adversarial(step)
         out: dict[str, torch.Tensor] = {}
 
-        def ae_loss() -> tuple[torch.Tensor, dict[str, float]]:
+        def ae_loss() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             if self.distill is not None:
                 z, features = self.ae.encode_with_features(x, self.distill_stage)
             else:
@@ -83,31 +83,31 @@ class AEObjective:
             recon = self.ae.decode(z)  # (B, 3, T, H, W)
             out["recon"] = recon.detach()
             l1 = (recon - x).abs().mean()
-            loss, metrics = l1, {"l1": l1.item()}
+            loss, metrics = l1, {"l1": l1.detach()}  # read at logging steps only
             if self.perceptual is not None and self.w.perceptual > 0:
                 p = self.perceptual(recon, x).mean()  # per-frame LPIPS, averaged
                 loss = loss + self.w.perceptual * p
-                metrics["lpips"] = p.item()
+                metrics["lpips"] = p.detach()
             if features is not None:
                 d = self.distill(features, x, self.teacher)
                 loss = loss + self.w.distill * d
-                metrics["distill"] = d.item()
+                metrics["distill"] = d.detach()
             if adversarial:
                 # This also leaves gradients on the discriminator; its own update zeroes them
                 # first. (Toggling requires_grad instead does not reach FSDP2's gathered
                 # parameters.)
                 g = hinge_g_loss(self.discriminator(recon))
                 loss = loss + self.w.adversarial * g
-                metrics["g_hinge"] = g.item()
+                metrics["g_hinge"] = g.detach()
             return loss, metrics
 
         yield Update("ae", self.optimizer, self.ae_params, ae_loss, ema=self.ema)
         if adversarial:
-            def disc_loss() -> tuple[torch.Tensor, dict[str, float]]:
+            def disc_loss() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 real = self.discriminator(x)
                 fake = self.discriminator(out["recon"])
                 return hinge_d_loss(real, fake), {
-                    "d_real": real.mean().item(), "d_fake": fake.mean().item()}
+                    "d_real": real.mean().detach(), "d_fake": fake.mean().detach()}
 
             yield Update("disc", self.disc_optimizer, list(self.discriminator.parameters()),
                          disc_loss)

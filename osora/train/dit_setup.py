@@ -76,15 +76,20 @@ def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
 def build_objective(params, model: MMDiT, stage: str, world_size: int,
                     context: ContextLayout | None = None) -> FlowObjective:
     """AdamW (RECIPE §4) on the model, FSDP2-sharded over its blocks when world_size > 1;
-    with a context-parallel layout the sequence is split over each group of ranks."""
+    with a context-parallel layout the blocks' attention is swapped for attention over each
+    group of ranks (train.cp_attention), which split the sequence."""
     from osora.train.parallel import shard_model
 
     t = params.train
+    cp = 1 if context is None else context.cp
+    if cp > 1:
+        from osora.train.context_parallel import parallelize_attention
+
+        parallelize_attention(model, context.group, t.cp_attention)
     ckpt = t.stages[stage].checkpointing
     apply_checkpointing(model, ckpt.double, ckpt.single, ckpt.offload)
     if t.compile_blocks:
         compile_blocks(model, MMDIT_SHARD_UNITS)
-    cp = 1 if context is None else context.cp
     if world_size > 1:
         # context parallelism enters through `embed`, not `forward` (context_parallel_forward)
         model = shard_model(model, MMDIT_SHARD_UNITS,
@@ -94,8 +99,7 @@ def build_objective(params, model: MMDiT, stage: str, world_size: int,
                                   eps=t.eps, weight_decay=t.weight_decay)
     ema = EMA(model, t.ema_decay) if t.ema_decay is not None else None
     return FlowObjective(model, optimizer, patch_size=params.model.patch_size,
-                         sigma_min=t.sigma_min, ema=ema, context=context,
-                         cp_attention=t.cp_attention)
+                         sigma_min=t.sigma_min, ema=ema, context=context)
 
 
 def loop_settings(params, stage: str, device: str) -> LoopSettings:

@@ -36,12 +36,12 @@ class LatentBatch:
 
 class FlowObjective:
     """context: the job's context-parallel layout (None: each rank runs whole sequences); its
-    group runs the MMDiT with the sequence split (osora.train.context_parallel), attending with
-    `cp_attention`."""
+    group runs the MMDiT with the sequence split, through the attention the parallelize step
+    bound to the group (osora.train.context_parallel)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, patch_size: int,
                  sigma_min: float = 0.0, ema: EMA | None = None,
-                 context: ContextLayout | None = None, cp_attention: str = "ulysses"):
+                 context: ContextLayout | None = None):
         self.model, self.optimizer, self.patch_size = model, optimizer, patch_size
         self.sigma_min, self.ema = sigma_min, ema
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -50,22 +50,21 @@ class FlowObjective:
         if self.cp > 1:
             from osora.train.context_parallel import context_parallel_forward
 
-            self.forward = partial(context_parallel_forward, model, context.group,
-                                   attention=cp_attention)
+            self.forward = partial(context_parallel_forward, model)
 
     def updates(self, batch: LatentBatch, step: int) -> Iterator[Update]:
         # The loop reseeds the global RNG per step; a CPU generator drawn from it keeps t and the
         # noise identical on any device.
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
 
-        def loss() -> tuple[torch.Tensor, dict[str, float]]:
+        def loss() -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
             x = flow_inputs(batch.latent, patch_size=self.patch_size, generator=generator,
                             sigma_min=self.sigma_min)
             v = self.forward(x.x_t, x.t, batch.text, batch.pooled, text_mask=batch.text_mask,
                              cond=batch.cond)  # (B, C, T, H, W)
             mask = generated_frames(batch.cond) if batch.cond is not None else None
             value = flow_loss(v, batch.latent, x.noise, mask, self.sigma_min)
-            return value, {"shift": x.shift, "t_mean": float(x.t.mean())}
+            return value, {"shift": x.shift, "t_mean": x.t.mean().detach()}  # no host read
 
         yield Update("dit", self.optimizer, self.params, loss, ema=self.ema)
 

@@ -4,12 +4,17 @@ through `train`.
 A step takes the batch for that step and applies the objective's updates in order. An `Update`
 is one optimizer stepping on one loss: AE training yields the autoencoder's update and, in its
 adversarial phase, the discriminator's; DiT training yields one. The loop owns what every run
-shares: mixed precision, gradient clipping, the EMA, NaN checks, metric logging, resumable
-checkpoints every `checkpoint_every` steps and resuming from the newest one.
+shares: mixed precision, gradient clipping, the EMA, NaN/spike recovery, metric logging,
+resumable checkpoints every `checkpoint_every` steps and resuming from the newest one.
 
 Batches are a function of the step (`batch_for(step)`), not a stateful iterator, and the global
 RNG is reseeded from (seed, rank, step) at each step, so a resumed run sees exactly the batches
 and random draws the uninterrupted run would have seen.
+
+A step reads nothing back from the device: losses, gradient norms and the objectives' metrics
+stay device tensors until the logging step (osora.train.metrics_window), and the NaN/spike
+checks are read a step late or before a log or checkpoint (osora.train.loss_checks). Every
+collective takes tensors on the compute device (nccl has no CPU tensors).
 """
 
 from __future__ import annotations
@@ -29,18 +34,20 @@ from torch import nn
 from osora.progress import Progress
 from osora.train import checkpoint
 from osora.train.ema import EMA
-from osora.train.parallel import max_over_ranks, mean_over_ranks
+from osora.train.loop_checkpoints import LoopCheckpoints
+from osora.train.loss_checks import LossChecks
+from osora.train.metrics_window import MetricsWindow, main_loss
 from osora.train.recovery import (
     Fault,
-    LossMonitor,
     RecoverySettings,
     RestartRequired,
     StepTimer,
     Watchdog,
 )
-from osora.train.throughput import memory_metrics, peak_tflops, window_metrics
 
-LossFn = Callable[[], tuple[torch.Tensor, dict[str, float]]]
+# The loss (a device scalar) and the objective's own metrics: detached device tensors, read
+# only at logging steps, or host floats
+LossFn = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
 
 
 @dataclass
@@ -73,7 +80,7 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     precision: str = "fp32"  # "bf16": autocast to bfloat16
-    device: str = "cpu"
+    device: str = "cpu"  # the model's: the metrics and the loop's collectives run there
     seed: int = 0  # with the rank and step, seeds the step's randomness (dropout etc.)
     warmup_steps: int = 0  # learning rates rise linearly from 0 over these steps
     schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
@@ -127,201 +134,182 @@ def train(
     recovery event (osora.train.recovery) on every rank. `data_rank` (default: `rank`) seeds
     the step's random draws: the ranks of a context-parallel group pass the same one.
     `progress(total=, initial=)` opens a display on rank 0 (e.g. `partial(osora.progress.
-    progress_bar, desc=stage)`), started at the resumed step and advanced by every step with
-    its loss (this rank's, unaveraged)."""
+    progress_bar, desc=stage)`), started at the resumed step and advanced by every step; it
+    shows the loss at logging steps (the logged one: the window's, averaged over ranks)."""
     rec = settings.recovery
     if rec.max_recoveries and checkpoint_dir is None:
         raise ValueError("recovery restores checkpoints: give checkpoint_dir")
-    # The steps skipped after a fault travel in the checkpoints, so a resumed run skips them too
-    loop_state = checkpoint.ValueState({"skipped": ()})
-    state = {**objective.state(), "_loop": loop_state}
-    for value in state.values():  # base learning rates, so every checkpoint has the same keys
-        for optimizer in getattr(value, "optimizers", {}).values():
-            for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"])
-    start, resumed = 0, None
-    if checkpoint_dir is not None and (found := checkpoint.latest(checkpoint_dir)) is not None:
-        start = resumed = checkpoint.load(found, state)
-
-    autocast = (
-        torch.autocast(torch.device(settings.device).type, dtype=torch.bfloat16)
-        if settings.precision == "bf16" else nullcontext()
-    )
-    saver = (checkpoint.AsyncSaver(checkpoint_dir)
-             if checkpoint_dir is not None and settings.async_checkpoint else None)
-
-    def save(step: int) -> None:
-        if saver is not None:
-            saver.save(step, state)
-        else:
-            checkpoint.save(checkpoint_dir, step, state)
-
-    def event(kind: str, step: int, detail: str) -> None:
-        if on_event is not None:
-            on_event({"kind": kind, "step": step, "detail": detail})
-
-    # With recovery on, a fresh run also saves after its first step: something to go back to
-    # before the first periodic checkpoint. (Not before it: saving a fresh optimizer makes
-    # torch's state-dict API take a zero-lr step, which would count in Adam's bias correction.)
-    first_save = start + 1 if rec.max_recoveries and resumed is None else None
-    monitors: dict[str, LossMonitor] = {}  # one per update: the AE's and the critic's differ
-    timer = StepTimer(rec)
-    watchdog = Watchdog(rec.hang_seconds, on_event) if rec.hang_seconds > 0 else None
-    recoveries = 0
-    began = time.perf_counter()
-    window: dict[str, list[float]] = {}
-    window_start, window_steps = time.perf_counter(), 0
-    last: dict[str, float] = {}
-    step = start
-    bar = (progress(total=settings.steps, initial=start) if progress is not None and rank == 0
+    run = _Run(objective, batch_for, settings, checkpoint_dir,
+               rank if data_rank is None else data_rank, on_event)
+    bar = (progress(total=settings.steps, initial=run.start) if progress is not None and rank == 0
            else Progress())
+    watchdog = Watchdog(rec.hang_seconds, on_event) if rec.hang_seconds > 0 else None
+    began = time.perf_counter()
     if settings.gc_every:
         gc.disable()
     try:
-        while step < settings.steps:
-            if watchdog is not None:
-                watchdog.beat(step)
-            step_start = time.perf_counter()
-            metrics = {}
-            if step not in loop_state["skipped"]:
-                try:
-                    metrics = _step(objective, batch_for, settings, step,
-                                    rank if data_rank is None else data_rank, autocast,
-                                    monitors)
-                except Fault as fault:
-                    if saver is not None:
-                        saver.wait()
-                    found = checkpoint.latest(checkpoint_dir) if checkpoint_dir else None
-                    if recoveries >= rec.max_recoveries or found is None:
-                        why = "" if found or not rec.max_recoveries else " (no checkpoint yet)"
-                        raise NonFiniteLoss(f"{fault.detail} at step {step}{why}; lower the "
-                                            "learning rate, or check the batch (a NaN "
-                                            "input?)") from None
-                    recoveries += 1
-                    event(fault.kind, step, fault.detail)
-                    back = checkpoint.load(found, state)
-                    loop_state["skipped"] = (*loop_state["skipped"], step)
-                    event("restored", step, f"from the checkpoint of step {back}; step {step}'s "
-                          f"batch is skipped ({recoveries} of {rec.max_recoveries} recoveries)")
-                    bar.update(back - step)
-                    step = back
-                    continue
-                for key, value in metrics.items():
-                    window.setdefault(key, []).append(float(value))
-            slow = timer.slow(time.perf_counter() - step_start)
-            if slow is not None:
-                event("slow", step, slow)
-                if timer.in_a_row >= rec.slow_patience:
-                    raise RestartRequired(f"{timer.in_a_row} slow steps in a row up to step "
-                                          f"{step}; restart the run (it resumes)")
-
-            done, window_steps = step + 1, window_steps + 1
-            loss = _main_loss(metrics)
-            bar.update(1, **({"loss": metrics[loss]} if loss else {}))
-            if done % settings.log_every == 0 or done == settings.steps:
-                last = _window_metrics(window, time.perf_counter() - window_start,
-                                       window_steps, settings.device)
-                if log is not None and rank == 0:
-                    log(last, done)
-                window, window_start, window_steps = {}, time.perf_counter(), 0
-            if checkpoint_dir is not None and (
-                done % settings.checkpoint_every == 0 or done == settings.steps
-                or done == first_save
-            ):
-                save(done)
-            step = done
-            if settings.gc_every and done % settings.gc_every == 0:
-                gc.collect(1)  # the young generations: cheap, and where cycles are born
-        if saver is not None:
-            saver.wait()  # the last checkpoint is complete before the run reports done
+        last = run.all_steps(bar, watchdog, log if rank == 0 else None)
+        run.checkpoints.wait()  # the last checkpoint is complete before the run reports done
     finally:
         bar.close()
         if watchdog is not None:
             watchdog.close()
         if settings.gc_every:
             gc.enable()
-    return LoopResult(
-        steps_run=settings.steps - start,
-        resumed_from=resumed,
-        seconds=time.perf_counter() - began,
-        last=last,
-    )
+    return LoopResult(steps_run=settings.steps - run.start, resumed_from=run.resumed,
+                      seconds=time.perf_counter() - began, last=last)
 
 
-def _step(objective: Objective, batch_for: Callable[[int], Any], settings: LoopSettings,
-          step: int, data_rank: int, autocast, monitors: dict[str, LossMonitor]
-          ) -> dict[str, float]:
-    """One step's updates; their metrics, plus the batch's making time and work as _data_s,
-    _tokens, _flops (when the objective reports it: `work(batch)`). Raises Fault when an
-    update's loss is NaN or a spike on any rank, before that update is applied (an earlier
-    update of the step may have been: recovery restores a checkpoint, so that is harmless)."""
-    # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
-    # so a resumed run repeats the uninterrupted one without saving generator states.
-    torch.manual_seed(hash((settings.seed, data_rank, step)) % 2**63)
-    data_start = time.perf_counter()
-    batch = batch_for(step)
-    tokens, flops = objective.work(batch) if hasattr(objective, "work") else (0, 0.0)
-    out: dict[str, float] = {"_data_s": time.perf_counter() - data_start, "_tokens": tokens,
-                             "_flops": flops}
-    factor = lr_factor(step, settings)
-    for update in objective.updates(batch, step):
-        for group in update.optimizer.param_groups:
-            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
-        update.optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss, metrics = update.loss()
-        value = loss.item()
-        monitor = monitors.setdefault(update.name, LossMonitor(settings.recovery))
-        fault = _agreed(monitor.fault(value))
-        if fault is not None:
-            raise Fault(fault[0], step, f"{update.name} {fault[1]}")
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(update.parameters, settings.grad_clip)
-        update.optimizer.step()
-        if update.ema is not None:
-            update.ema.update()
-        out.update({f"{update.name}/loss": value, f"{update.name}/grad_norm": _full(norm),
-                    **metrics})
-    return out
+class _Run:
+    """One `train` call's state between steps: the checkpoints, the logging window, the loss
+    checks not read yet, the recoveries made."""
+
+    def __init__(self, objective: Objective, batch_for: Callable[[int], Any],
+                 settings: LoopSettings, checkpoint_dir: Path | None, data_rank: int,
+                 on_event: Callable[[dict], None] | None):
+        self.objective, self.batch_for, self.settings = objective, batch_for, settings
+        self.data_rank, self.on_event = data_rank, on_event
+        self.device = torch.device(settings.device)
+        # The steps skipped after a fault travel in the checkpoints, so a resumed run skips them
+        self.loop_state = checkpoint.ValueState({"skipped": ()})
+        state = {**objective.state(), "_loop": self.loop_state}
+        _set_initial_lrs(state)
+        self.checkpoints = LoopCheckpoints(checkpoint_dir, state, every=settings.checkpoint_every,
+                                           last=settings.steps,
+                                           background=settings.async_checkpoint)
+        self.resumed = self.checkpoints.resume()
+        self.start = self.resumed or 0
+        # With recovery on, a fresh run also saves after its first step: something to go back
+        # to before the first periodic checkpoint. (Not before it: saving a fresh optimizer makes
+        # torch's state-dict API take a zero-lr step, which would count in Adam's bias correction.)
+        if settings.recovery.max_recoveries and self.resumed is None:
+            self.checkpoints.first_save = self.start + 1
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if settings.precision == "bf16" else nullcontext()
+        )
+        self.checks = LossChecks(settings.recovery)
+        self.timer = StepTimer(settings.recovery)
+        self.window = MetricsWindow(self.device)
+        self.recoveries = 0
+
+    def all_steps(self, bar: Progress, watchdog: Watchdog | None,
+                  log: Callable[[dict[str, float], int], None] | None) -> dict[str, float]:
+        """Every step from the start on; the last logged metrics."""
+        s, step, last = self.settings, self.start, {}
+        while step < s.steps:
+            if watchdog is not None:
+                watchdog.beat(step)
+            began = time.perf_counter()
+            self.window.add(step, self._take(step))
+            done = step + 1
+            log_due = done % s.log_every == 0 or done == s.steps
+            save_due = self.checkpoints.due(done)
+            # Read a step late (never waiting for the step just queued), and all before a log or
+            # a checkpoint: a checkpoint never holds a faulty update.
+            fault = self.checks.first_fault(before=done if log_due or save_due else step)
+            if fault is not None:
+                back = self._recover(fault)
+                bar.update(back - step)
+                step = back
+                continue
+            self._time(step, time.perf_counter() - began)
+            shown = {}
+            if log_due:
+                last, self.window = self.window.report(), MetricsWindow(self.device)
+                if log is not None:
+                    log(last, done)
+                shown = {"loss": last[key]} if (key := main_loss(last)) else {}
+            bar.update(1, **shown)
+            if save_due:
+                self.checkpoints.save(done)
+            step = done
+            if s.gc_every and done % s.gc_every == 0:
+                gc.collect(1)  # the young generations: cheap, and where cycles are born
+        return last
+
+    def _take(self, step: int) -> dict[str, torch.Tensor | float]:
+        """Queue step `step`'s updates: its metrics, with the batch's making time and work as
+        _data_s, _tokens, _flops (when the objective reports it: `work(batch)`); {} when the
+        step's batch is skipped."""
+        if step in self.loop_state["skipped"]:
+            return {}
+        # Randomness inside the step (dropout, noise draws) depends only on (seed, rank, step),
+        # so a resumed run repeats the uninterrupted one without saving generator states.
+        torch.manual_seed(hash((self.settings.seed, self.data_rank, step)) % 2**63)
+        began = time.perf_counter()
+        batch = self.batch_for(step)
+        data_s = time.perf_counter() - began
+        work = getattr(self.objective, "work", None)
+        tokens, flops = work(batch) if work is not None else (0, 0.0)
+        return {"_data_s": data_s, "_tokens": tokens, "_flops": flops,
+                **self._updates(batch, step)}
+
+    def _updates(self, batch: Any, step: int) -> dict[str, torch.Tensor | float]:
+        """Apply the step's updates, each loss checked but not read (`LossChecks`)."""
+        out: dict[str, torch.Tensor | float] = {}
+        factor = lr_factor(step, self.settings)
+        for update in self.objective.updates(batch, step):
+            for group in update.optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+            update.optimizer.zero_grad(set_to_none=True)
+            with self.autocast:
+                loss, metrics = update.loss()
+            if loss.device.type != self.device.type:
+                raise ValueError(f"{update.name}'s loss is on {loss.device} but LoopSettings."
+                                 f"device is {self.settings.device!r}: set it to the model's "
+                                 "device, where the loop's metrics and collectives run")
+            self.checks.check(step, update.name, loss)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(update.parameters, self.settings.grad_clip)
+            update.optimizer.step()
+            if update.ema is not None:
+                update.ema.update()
+            out.update({f"{update.name}/loss": loss.detach(),
+                        f"{update.name}/grad_norm": _full(norm), **metrics})
+        return out
+
+    def _recover(self, fault: Fault) -> int:
+        """Undo the faulty step and all after it: load the newest checkpoint (older than the
+        fault: checks are read before every save) and skip the step's batch from then on.
+        Returns the step to go on from; NonFiniteLoss when out of recoveries or checkpoints."""
+        rec = self.settings.recovery
+        found = self.checkpoints.newest()
+        if self.recoveries >= rec.max_recoveries or found is None:
+            why = "" if found or not rec.max_recoveries else " (no checkpoint yet)"
+            raise NonFiniteLoss(f"{fault.detail} at step {fault.step}{why}; lower the learning "
+                                "rate, or check the batch (a NaN input?)")
+        self.recoveries += 1
+        self._event(fault.kind, fault.step, fault.detail)
+        back = self.checkpoints.load(found)
+        self.loop_state["skipped"] = (*self.loop_state["skipped"], fault.step)
+        self._event("restored", fault.step, f"from the checkpoint of step {back}; step "
+                    f"{fault.step}'s batch is skipped ({self.recoveries} of "
+                    f"{rec.max_recoveries} recoveries)")
+        self.checks.discard()
+        self.window.discard_from(back)
+        return back
+
+    def _time(self, step: int, seconds: float) -> None:
+        """Report a slow step; RestartRequired after `slow_patience` in a row."""
+        slow = self.timer.slow(seconds)
+        if slow is not None:
+            self._event("slow", step, slow)
+            if self.timer.in_a_row >= self.settings.recovery.slow_patience:
+                raise RestartRequired(f"{self.timer.in_a_row} slow steps in a row up to step "
+                                      f"{step}; restart the run (it resumes)")
+
+    def _event(self, kind: str, step: int, detail: str) -> None:
+        if self.on_event is not None:
+            self.on_event({"kind": kind, "step": step, "detail": detail})
 
 
-def _window_metrics(window: dict[str, list[float]], seconds: float, steps: int,
-                    device: str) -> dict[str, float]:
-    """A logging window's metrics, averaged over ranks: the updates' own ("dit/loss", …,
-    step_time_s) and torchtitan's names (osora.train.throughput) for the same numbers."""
-    work = {k: sum(window.pop(k, [])) for k in ("_data_s", "_tokens", "_flops")}
-    means = {k: sum(v) / len(v) for k, v in window.items()}
-    means["step_time_s"] = seconds / max(1, steps)
-    means.update(window_metrics(seconds=seconds, steps=steps, data_seconds=work["_data_s"],
-                                tokens=int(work["_tokens"]), flops=work["_flops"],
-                                peak=peak_tflops(device)))
-    means.update(memory_metrics(device))
-    loss = _main_loss(means)
-    if loss:
-        means["loss_metrics/global_avg_loss"] = means[loss]
-        means["grad_norm"] = means[loss.replace("/loss", "/grad_norm")]
-    out = mean_over_ranks(means)
-    if loss:
-        out["loss_metrics/global_max_loss"] = max_over_ranks(means[loss])
-    return out
-
-
-def _main_loss(metrics: dict[str, float]) -> str | None:
-    """The key of the run's loss: the first update's (the AE's, not its critic's)."""
-    return next((k for k in metrics if k.endswith("/loss")), None)
-
-
-def _agreed(fault: tuple[str, str] | None) -> tuple[str, str] | None:
-    """The fault if any rank has one (every rank then takes the same branch)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return fault
-    flags = torch.tensor([fault is not None and fault[0] == "nan",
-                          fault is not None and fault[0] == "spike"], dtype=torch.int32)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    if fault is None and bool(flags.any()):
-        kind = "nan" if flags[0] else "spike"
-        return kind, "on another rank"
-    return fault
+def _set_initial_lrs(state: dict[str, Any]) -> None:
+    """Record every optimizer's base learning rates, so every checkpoint has the same keys."""
+    for value in state.values():
+        for optimizer in getattr(value, "optimizers", {}).values():
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
 
 
 def lr_factor(step: int, settings: LoopSettings) -> float:
@@ -340,6 +328,7 @@ def lr_factor(step: int, settings: LoopSettings) -> float:
     raise ValueError(f"unknown schedule {settings.schedule!r}; use 'constant' or 'cosine'")
 
 
-def _full(norm: torch.Tensor) -> float:
-    """A gradient norm as a float (FSDP2 returns a replicated DTensor)."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain device tensor (FSDP2 returns a replicated DTensor)."""
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return norm.detach()

@@ -1,4 +1,4 @@
-"""Data parallelism for any model: process group setup, FSDP2 sharding, rank-averaged metrics.
+"""Data parallelism for any model: process group setup, FSDP2 sharding, metrics over ranks.
 
 The model files know nothing of parallelism: `shard_model` applies FSDP2 (`fully_shard`) to the
 submodules of the classes it is given (the transformer / conv blocks) and then to the root, so
@@ -195,33 +195,22 @@ def _force_sum_on_gloo(model: nn.Module) -> None:
         unit.set_force_sum_reduction_for_comms(True)
 
 
-def max_over_ranks(value: float) -> float:
-    """The largest `value` over all ranks (identity when not distributed)."""
+def max_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """`values` with each element replaced by its maximum over all ranks (in place; identity
+    when not distributed). The collective runs where `values` lies: pass tensors on the
+    compute device, since nccl takes no CPU tensors."""
+    if _is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise mean of `values` over all ranks, a new tensor on `values`' device (the
+    compute device, as for `max_over_ranks`); `values` itself when not distributed. Every rank
+    passes the same shape. Sums then divides, never ReduceOp.AVG, for the same gloo reason as
+    `_force_sum_on_gloo`."""
     if not _is_distributed():
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_metrics_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def _metrics_device() -> torch.device:
-    """Where a metrics collective runs: the GPU for nccl, else the CPU."""
-    if "nccl" in str(dist.get_backend()):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """The mean of each metric over all ranks, for logging (identity when not distributed).
-
-    Every rank must pass the same keys in the same order (one all-reduce of a float64 vector).
-    Sums then divides, never ReduceOp.AVG, for the same gloo reason as `_force_sum_on_gloo`.
-    """
-    if not _is_distributed() or not values:
-        return dict(values)
-    keys = list(values)
-    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                          device=_metrics_device())
-    dist.all_reduce(summed, op=dist.ReduceOp.SUM)  # (K,)
-    means = (summed / dist.get_world_size()).tolist()
-    return dict(zip(keys, means))
+        return values
+    summed = values.clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed / dist.get_world_size()

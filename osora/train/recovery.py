@@ -1,10 +1,12 @@
 """Auto-recovery (RECIPE §6, paper §6): notice what goes wrong in a long run and get back on
 track without a person.
 
-- NaN/inf loss, or a loss spike (above mean + k·std of the recent accepted losses): the step is
-  not applied; the loop restores the newest checkpoint, marks the step's batch to be skipped and
-  goes on, at most `max_recoveries` times per process. Every rank takes the same decision (the
-  fault flag is max-reduced over ranks).
+- NaN/inf loss, or a loss spike (above mean + k·std of the recent accepted losses): the loop
+  restores the newest checkpoint, marks the step's batch to be skipped and goes on, at most
+  `max_recoveries` times per process. The check runs on the device and every rank takes the
+  same decision (the fault flags are max-reduced over ranks there); the loop reads the flags a
+  step later, or before a log or a checkpoint (osora.train.loss_checks), so the faulty update
+  is applied first and undone by the restore, and a checkpoint never holds it.
 - Slowdown: a step slower than `slow_factor` × the median of the recent steps is an event;
   `slow_patience` of them in a row raise `RestartRequired` (a slow node is fixed by restarting,
   which the supervisor does).
@@ -22,7 +24,6 @@ Every event goes to the loop's `on_event` callback (the pipelines log it to MLfl
 from __future__ import annotations
 
 import faulthandler
-import math
 import os
 import statistics
 import sys
@@ -31,6 +32,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 HANG_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a supervisor restarts on
 
@@ -46,12 +49,13 @@ class RecoverySettings:
     hang_seconds: float = 0.0  # no step for this long: dump stacks and exit; 0: off
 
 
-class Fault(Exception):
-    """A step that must not be applied: kind "nan" or "spike"."""
+@dataclass(frozen=True)
+class Fault:
+    """A step that must be undone: kind "nan" or "spike", and what was seen."""
 
-    def __init__(self, kind: str, step: int, detail: str):
-        super().__init__(f"{kind} at step {step}: {detail}")
-        self.kind, self.step, self.detail = kind, step, detail
+    kind: str
+    step: int
+    detail: str
 
 
 class RestartRequired(RuntimeError):
@@ -59,24 +63,40 @@ class RestartRequired(RuntimeError):
 
 
 class LossMonitor:
-    """Flags a non-finite loss, or a spike against the recent accepted losses."""
+    """Flags a non-finite loss, or a spike against the recent accepted losses, without leaving
+    the loss's device: it returns flags as tensors for the loop to read later, so no step
+    waits for its own loss."""
 
     def __init__(self, settings: RecoverySettings):
         self.sigma = settings.spike_sigma
-        self.recent: deque[float] = deque(maxlen=max(2, settings.spike_window))
+        self.size = max(2, settings.spike_window)
+        self.recent: torch.Tensor | None = None  # (size,) float64: accepted losses, newest last
+        self.count: torch.Tensor | None = None  # () int64: how many of `recent` are losses
 
-    def fault(self, value: float) -> tuple[str, str] | None:
-        """(kind, detail) when `value` must not be applied; else None (and it is recorded)."""
-        if not math.isfinite(value):
-            return "nan", f"loss is {value}"
-        if self.sigma > 0 and len(self.recent) == self.recent.maxlen:
-            mean = statistics.fmean(self.recent)
-            std = statistics.pstdev(self.recent)
-            if value > mean + self.sigma * max(std, 1e-12):
-                return "spike", (f"loss {value:.4g} > mean {mean:.4g} + {self.sigma:g} × std "
-                                 f"{std:.4g} of the last {len(self.recent)} steps")
-        self.recent.append(value)
-        return None
+    def check(self, loss: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
+        """[non-finite, spike, loss, mean, std] (5,) float64 on `loss`'s device: the flags 0 or 1,
+        mean and std those of the recent losses. `loss` (a scalar) joins them when neither flag
+        is set and `record` (a bool scalar on the same device) holds."""
+        value = loss.detach().to(torch.float64).reshape(())
+        nonfinite = ~torch.isfinite(value)
+        if self.sigma <= 0:  # spikes off: nothing to remember
+            zero = torch.zeros((), dtype=torch.float64, device=value.device)
+            return torch.stack([nonfinite.to(torch.float64), zero, value, zero, zero])
+        if self.recent is None:
+            self.recent = torch.zeros(self.size, dtype=torch.float64, device=value.device)
+            self.count = torch.zeros((), dtype=torch.int64, device=value.device)
+        mean, std = self.recent.mean(), self.recent.std(correction=0)
+        full = self.count == self.size  # statistics only over a full window
+        spike = full & (value > mean + self.sigma * std.clamp_min(1e-12))
+        keep = record & ~nonfinite & ~spike
+        self.recent = torch.where(keep, torch.cat([self.recent[1:], value[None]]), self.recent)
+        self.count = torch.clamp(self.count + keep.to(torch.int64), max=self.size)
+        return torch.stack([nonfinite.to(torch.float64), spike.to(torch.float64), value, mean,
+                            std])
+
+    def spike_detail(self, value: float, mean: float, std: float) -> str:
+        return (f"loss {value:.4g} > mean {mean:.4g} + {self.sigma:g} × std {std:.4g} of the "
+                f"last {self.size} steps")
 
 
 class StepTimer:

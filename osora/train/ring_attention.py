@@ -3,7 +3,8 @@ the P ranks of a group and stays split through attention. Each rank keeps its qu
 passes its keys and values around a ring, rank r sending to r+1 and receiving from r-1; at step
 s it holds the K/V block of rank r-s, attends its queries to it while the next block is already
 in flight, and after P steps has met every key. No head constraint (unlike Ulysses), P - 1
-point-to-point exchanges of K/V instead of all-to-alls.
+point-to-point exchanges of K/V instead of all-to-alls. Shares may differ in length
+(osora.train.cp_shares): each block is received into a buffer of its owner's share.
 
     step s:  q_r × (k, v)_{r-s}  ──partial (out, lse)──▶ merge      (k, v)_{r-s} ──▶ rank r+1
 
@@ -21,10 +22,13 @@ after P steps (one exchange more than K/V) reach the block's owner.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
+
+from osora.train.cp_shares import checked_shares, share_offset
 
 
 def _peers(group) -> tuple[int, int, int, int]:
@@ -36,10 +40,10 @@ def _peers(group) -> tuple[int, int, int, int]:
     return rank, p, nxt, prv
 
 
-def _exchange(tensors: list[torch.Tensor], nxt: int, prv: int, group):
-    """Send `tensors` to the next rank and receive the previous rank's like them, asynchronously.
-    Returns (received buffers, requests to wait on)."""
-    got = [torch.empty_like(t) for t in tensors]
+def _exchange(tensors: list[torch.Tensor], nxt: int, prv: int, group, rows: int):
+    """Send `tensors` (B, H, n, D) to the next rank and receive the previous rank's, like them
+    but of `rows` tokens, asynchronously. Returns (received buffers, requests to wait on)."""
+    got = [t.new_empty(*t.shape[:2], rows, t.shape[3]) for t in tensors]
     ops = [dist.P2POp(dist.isend, t, nxt, group) for t in tensors]
     ops += [dist.P2POp(dist.irecv, t, prv, group) for t in got]
     return got, dist.batch_isend_irecv(ops)
@@ -65,24 +69,31 @@ def _finite(lse: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
+def _key_mask(mask: torch.Tensor | None, sizes: Sequence[int], j: int) -> torch.Tensor | None:
+    """The key mask (B, n_j) of rank j's block, from the whole sequence's (B, N)."""
+    if mask is None:
+        return None
+    lo = share_offset(sizes, j)
+    return mask[:, lo:lo + sizes[j]]
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, mask):
+    def forward(ctx, q, k, v, group, mask, sizes):
         rank, p, nxt, prv = _peers(group)
-        n, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
+        scale = 1.0 / math.sqrt(q.shape[-1])
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc = q.to(dtype)  # (B, H, n, D)
         out = torch.zeros(q.shape, dtype=dtype, device=q.device)  # (B, H, n, D)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=dtype, device=q.device)  # (B, H, n)
-        kv = [k.contiguous(), v.contiguous()]  # the block in hand, (B, H, n, D) each
+        kv = [k.contiguous(), v.contiguous()]  # the block in hand, (B, H, m, D) each
         for step in range(p):
-            if step < p - 1:  # the next block travels while this one is computed
-                nxt_kv, reqs = _exchange(kv, nxt, prv, group)
-            j = (rank - step) % p  # the block in hand is rank j's tokens
-            key_mask = None if mask is None else mask[:, j * n:(j + 1) * n]  # (B, n)
-            s = _scores(qc, kv[0].to(dtype), key_mask, scale)  # (B, H, n, n)
+            if step < p - 1:  # the next block, rank j - 1's, travels while this one is computed
+                nxt_kv, reqs = _exchange(kv, nxt, prv, group, sizes[(rank - step - 1) % p])
+            j = (rank - step) % p  # the block in hand is rank j's tokens, m = n_j of them
+            s = _scores(qc, kv[0].to(dtype), _key_mask(mask, sizes, j), scale)  # (B, H, n, m)
             lse_b = torch.logsumexp(s, dim=-1)  # (B, H, n), -inf where all masked
-            prob = torch.exp(s - _finite(lse_b)[..., None])  # (B, H, n, n)
+            prob = torch.exp(s - _finite(lse_b)[..., None])  # (B, H, n, m)
             out_b = torch.einsum("bhqk,bhkd->bhqd", prob, kv[1].to(dtype))  # (B, H, n, D)
             new = torch.logaddexp(lse, lse_b)  # (B, H, n)
             safe = _finite(new)[..., None]  # (B, H, n, 1)
@@ -94,61 +105,64 @@ class _RingAttention(torch.autograd.Function):
                 kv = nxt_kv
         out = out.to(q.dtype)  # (B, H, n, D)
         ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.group = group
+        ctx.group, ctx.sizes = group, sizes
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse, mask = ctx.saved_tensors
-        group = ctx.group
+        group, sizes = ctx.group, ctx.sizes
         rank, p, nxt, prv = _peers(group)
-        n, scale = k.shape[2], 1.0 / math.sqrt(q.shape[-1])
+        scale = 1.0 / math.sqrt(q.shape[-1])
         dtype = lse.dtype
         qc, do = q.to(dtype), grad_out.to(dtype)  # (B, H, n, D)
         delta = (do * out.to(dtype)).sum(-1, keepdim=True)  # (B, H, n, 1): rowsum(dO ∘ O)
         lse = _finite(lse)[..., None]  # (B, H, n, 1)
         dq = torch.zeros_like(qc)  # (B, H, n, D)
         kv = [k.contiguous(), v.contiguous()]  # the block in hand
-        dkv: list[torch.Tensor] = []  # its dk, dv from the ranks before, (B, H, n, D) each
+        dkv: list[torch.Tensor] = []  # its dk, dv from the ranks before, (B, H, m, D) each
         for step in range(p):
-            ops_kv = _exchange(kv, nxt, prv, group) if step < p - 1 else ([], [])
+            j = (rank - step) % p  # the block in hand is rank j's, m = n_j tokens
+            ops_kv = (_exchange(kv, nxt, prv, group, sizes[(j - 1) % p]) if step < p - 1
+                      else ([], []))
             # the previous step's dk, dv go on to the next rank; the block now in hand arrives
             # with the previous rank's (its visits so far)
-            ops_d = _exchange(dkv, nxt, prv, group) if step > 0 else ([], [])
-            j = (rank - step) % p
-            key_mask = None if mask is None else mask[:, j * n:(j + 1) * n]  # (B, n)
-            kb, vb = kv[0].to(dtype), kv[1].to(dtype)  # (B, H, n, D)
-            prob = torch.exp(_scores(qc, kb, key_mask, scale) - lse)  # (B, H, n, n): softmax
-            dv = torch.einsum("bhqk,bhqd->bhkd", prob, do)  # (B, H, n, D)
-            dp = torch.einsum("bhqd,bhkd->bhqk", do, vb)  # (B, H, n, n)
-            ds = prob * (dp - delta)  # (B, H, n, n): d scores
+            ops_d = _exchange(dkv, nxt, prv, group, sizes[j]) if step > 0 else ([], [])
+            kb, vb = kv[0].to(dtype), kv[1].to(dtype)  # (B, H, m, D)
+            s = _scores(qc, kb, _key_mask(mask, sizes, j), scale)  # (B, H, n, m)
+            prob = torch.exp(s - lse)  # (B, H, n, m): softmax
+            dv = torch.einsum("bhqk,bhqd->bhkd", prob, do)  # (B, H, m, D)
+            dp = torch.einsum("bhqd,bhkd->bhqk", do, vb)  # (B, H, n, m)
+            ds = prob * (dp - delta)  # (B, H, n, m): d scores
             dq += torch.einsum("bhqk,bhkd->bhqd", ds, kb) * scale  # (B, H, n, D)
-            dk = torch.einsum("bhqk,bhqd->bhkd", ds, qc) * scale  # (B, H, n, D)
+            dk = torch.einsum("bhqk,bhqd->bhkd", ds, qc) * scale  # (B, H, m, D)
             _wait(ops_kv[1] + ops_d[1])
             if step > 0:
-                dk, dv = dk + ops_d[0][0], dv + ops_d[0][1]  # (B, H, n, D) each
+                dk, dv = dk + ops_d[0][0], dv + ops_d[0][1]  # (B, H, m, D) each
             dkv = [dk, dv]
             if step < p - 1:
                 kv = ops_kv[0]
         if p > 1:  # the last holder hands block rank+1's sums on: my own block comes home
-            dkv, reqs = _exchange(dkv, nxt, prv, group)
+            dkv, reqs = _exchange(dkv, nxt, prv, group, sizes[rank])
             _wait(reqs)
         dk, dv = dkv
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention over the whole sequence from this rank's token shard.
+                   mask: torch.Tensor | None = None,
+                   sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Attention over the whole sequence from this rank's token share.
 
-    q, k, v: (B, H, N/P, D), rank r of `group` holding tokens [r·N/P, (r+1)·N/P) (RoPE already
-    applied); mask: None or the bool key mask (B, N) of the whole sequence, True = attend.
-    Returns (B, H, N/P, D), this rank's tokens. Any number of heads.
+    q, k, v: (B, H, n_r, D), rank r of `group` holding the tokens [Σ_{i<r} n_i, Σ_{i≤r} n_i)
+    (RoPE already applied); sizes: every rank's n_i (`cp_shares.token_shares`; None: all n_r);
+    mask: None or the bool key mask (B, N) of the whole sequence, True = attend.
+    Returns (B, H, n_r, D), this rank's tokens. Any number of heads.
     """
-    p = dist.get_world_size(group)
-    b, n = k.shape[0], k.shape[2]
-    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (b, p * n)):
-        raise ValueError(f"ring attention: mask must be a bool key mask (B, N) = ({b}, {p * n}),"
-                         f" got {mask.dtype} {tuple(mask.shape)}")
-    return _RingAttention.apply(q, k, v, group, mask)
+    sizes = tuple(checked_shares(q, group, sizes))
+    b, n = k.shape[0], sum(sizes)
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (b, n)):
+        raise ValueError(f"ring attention: mask must be a bool key mask (B, N) = ({b}, {n}), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    return _RingAttention.apply(q, k, v, group, mask, sizes)

@@ -6,9 +6,14 @@
    reference batch's (× `time_tolerance`);
 3. its forward and backward times each stay within the reference batch's as well.
 
-One Optuna study per bucket (osora.tune.search), named by stage, bucket, model and hardware,
-in a persistent storage, so an interrupted search resumes and `optuna-dashboard` shows them.
-The result is written into params/buckets.yaml (osora.tune.write_back).
+Every probe is a torchrun job of the stage's launch settings (osora.tune.probe): FSDP2 over
+params/launch.yaml's ranks, the stage's context parallelism and checkpointing, the full model
+unless params/tune.yaml reduces its depth. The result records how the probes ran, as their
+ranks reported it.
+
+One Optuna study per bucket (osora.tune.search), named by stage, bucket, model, ranks and
+hardware, in a persistent storage, so an interrupted search resumes and `optuna-dashboard`
+shows them. The result is written into params/buckets.yaml (osora.tune.write_back).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from osora.tune.probe import ProbeRequest, ProbeResult, run_probe
+from osora.launch import process_group_backend
+from osora.tune.probe import ProbeRequest, ProbeResult, ProbeSetup, run_probe, world_size
 from osora.tune.search import BucketSearch, Limits, open_study, search_bucket
 from osora.tune.shapes import ProbeShape, bucket_shapes
+from osora.weights.mmdit import mmdit_config
 
 Prober = Callable[[ProbeShape, int], ProbeResult]  # (bucket shape, batch) → result
 
@@ -39,6 +46,8 @@ class TuneResult:
     hardware: str
     model: str  # a readable description of the probed model
     studies: dict[int, str]  # bucket → Optuna study name
+    probed: ProbeSetup | None  # how the probes ran (None: no probe reported one)
+    full_depth: bool  # False: params/tune.yaml reduced the model's depth
 
     @property
     def probes(self) -> int:
@@ -47,13 +56,22 @@ class TuneResult:
 
 def probed_model(settings) -> dict:
     """The MMDiT config the probes build: params/dit.yaml's, depths from params/tune.yaml."""
-    from osora.weights.mmdit import mmdit_config
-
     t = settings.tune
     config = mmdit_config(settings.dit.model)
     changes = {k: v for k, v in (("depth_double", t.depth_double),
                                  ("depth_single", t.depth_single)) if v is not None}
     return dataclasses.asdict(dataclasses.replace(config, **changes))
+
+
+def probed_setup(searches: dict[int, BucketSearch]) -> ProbeSetup | None:
+    """The one setup every probe that reported ran with; None when none reported."""
+    setups = {r.setup for s in searches.values() for r in s.results.values()
+              if r.setup is not None}
+    if len(setups) > 1:
+        raise RuntimeError(f"tune: the probes ran in different setups {sorted(map(str, setups))}"
+                           "; their batch sizes are not comparable: delete the studies "
+                           "(params/tune.yaml storage) and search again")
+    return next(iter(setups), None)
 
 
 def hardware_name(settings) -> str:
@@ -64,7 +82,7 @@ def hardware_name(settings) -> str:
 
         return torch.cuda.get_device_name()
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu} ({os.cpu_count()} cores), {t.memory_mb} MB per probe"
+    return f"CPU {cpu} ({os.cpu_count()} cores), {t.memory_mb} MB per rank"
 
 
 def default_storage(root: Path) -> str:
@@ -72,16 +90,18 @@ def default_storage(root: Path) -> str:
     return f"sqlite:///{root / 'optuna' / 'tune.db'}"
 
 
-def process_prober(settings) -> Prober:
-    """Probes in their own processes (osora.tune.probe) for params/tune.yaml's settings."""
+def process_prober(settings, root: Path) -> Prober:
+    """Probes as torchrun jobs (osora.tune.probe) with params/launch.yaml's ranks, for
+    params/tune.yaml's settings and the tuned stage's training setup."""
     t = settings.tune
     model = probed_model(settings)
-    c = settings.dit.train.stages[t.stage].checkpointing
+    dit = settings.dit.model_dump(mode="json")
+    backend = process_group_backend(settings.launch, t.device)
 
     def probe(shape: ProbeShape, batch: int) -> ProbeResult:
-        request = ProbeRequest(model, shape.latent, shape.text_tokens, batch, t.device,
-                               t.precision, t.memory_mb, t.steps, (c.double, c.single, c.offload))
-        return run_probe(request, t.probe_timeout_s)
+        request = ProbeRequest(dit, t.stage, model, shape.latent, shape.text_tokens, batch,
+                               t.device, t.precision, t.memory_mb, t.steps, backend)
+        return run_probe(request, settings.launch, t.probe_timeout_s, root / "optuna")
 
     return probe
 
@@ -90,17 +110,19 @@ def tune_buckets(settings, root: Path, prober: Prober | None = None,
                  say: Callable[[str], None] = print) -> TuneResult:
     """Search every bucket of params/tune.yaml's stage (module doc)."""
     t = settings.tune
-    prober = prober or process_prober(settings)
+    prober = prober or process_prober(settings, root)
     storage = t.storage or default_storage(root)
     model = probed_model(settings)
     checkpointing = settings.dit.train.stages[t.stage].checkpointing.model_dump()
     hardware = hardware_name(settings)
-    key = hashlib.sha256(json.dumps([model, checkpointing, t.precision, t.memory_mb],
+    cp = settings.dit.train.stages[t.stage].context_parallel
+    world = world_size(settings.launch)
+    key = hashlib.sha256(json.dumps([model, checkpointing, t.precision, t.memory_mb, world, cp],
                                     sort_keys=True).encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hardware).strip("-").lower()
     shapes = bucket_shapes(settings, t.stage)
     reference, others = shapes[0], shapes[1:]
-    studies = {s.frames: f"{t.stage}-{s.frames}f-{key}-{slug}" for s in shapes}
+    studies = {s.frames: f"{t.stage}-{s.frames}f-{world}r-{key}-{slug}" for s in shapes}
 
     def run(shape: ProbeShape, limits: Limits) -> BucketSearch:
         found = search_bucket(open_study(studies[shape.frames], storage),
@@ -125,10 +147,15 @@ def tune_buckets(settings, root: Path, prober: Prober | None = None,
     limits = Limits(searches[reference.frames].best, t.time_tolerance)
     for shape in others:
         searches[shape.frames] = run(shape, limits)
+    full = mmdit_config(settings.dit.model)
+    full_depth = (full.depth_double, full.depth_single) == (model["depth_double"],
+                                                           model["depth_single"])
     depth = f"{model['depth_double']}+{model['depth_single']}"
     description = (f"MMDiT hidden {model['hidden_size']}, {model['num_heads']} heads, depth "
-                   f"{depth}, patch {model['patch_size']}, {t.precision}, checkpointing "
+                   f"{depth}{'' if full_depth else ' (reduced)'}, patch {model['patch_size']}, "
+                   f"{t.precision}, {world} ranks, context parallel {cp}, checkpointing "
                    f"{checkpointing['double']}/{checkpointing['single']}"
                    f"{' + offload' if checkpointing['offload'] else ''}")
     return TuneResult(t.stage, {f: s.best.batch for f, s in searches.items()}, searches,
-                      reference, hardware, description, studies)
+                      reference, hardware, description, studies, probed_setup(searches),
+                      full_depth)

@@ -4,9 +4,10 @@ Whether a batch is feasible is monotone in the batch size (memory and step time 
 it), so the candidates are not sampled but enqueued in the order that exploits it: doubling
 from 1 until a batch fails, then bisection between the largest feasible and the smallest
 infeasible batch — about 2·log2(answer) probes instead of `max_batch`. Each trial records its
-probe in user attributes and its constraint values (≤ 0: feasible) through Optuna's
-constraint API (`Trial.set_constraint`: memory, step, forward, backward), so the dashboard
-and any constrained sampler see OOM and over-time probes as infeasible.
+probe (with the world size, CP and sharding it ran with) in user attributes and its
+constraint values (≤ 0: feasible) through Optuna's constraint API (`Trial.set_constraint`:
+memory, step, forward, backward), so the dashboard and any constrained sampler see OOM and
+over-time probes as infeasible.
 
 A study is resumable: the candidate sequence is a function of the verdicts so far, so a rerun
 replays the completed trials from the storage and probes only what is missing; a trial left
@@ -89,7 +90,7 @@ def search_bucket(study: optuna.Study, probe: Callable[[int], ProbeResult], limi
     results: dict[int, ProbeResult] = {}
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.COMPLETE and RESULT_ATTR in trial.user_attrs:
-            results[trial.params[PARAM]] = ProbeResult(**trial.user_attrs[RESULT_ATTR])
+            results[trial.params[PARAM]] = ProbeResult.from_dict(trial.user_attrs[RESULT_ATTR])
         elif trial.state == TrialState.RUNNING:  # its process was killed: probe again
             study.tell(trial.number, state=TrialState.FAIL)
     probes = 0

@@ -11,9 +11,10 @@ from osora.tracking import stage_run
 from osora.tune.run import TuneResult, tune_buckets
 from osora.tune.write_back import write_buckets
 
-# What it reads (dvc.yaml tracks these). Not params/buckets.yaml: it reads only the stage's
-# bucket frame counts there, and writes the file.
-PARAMS = ("tune", "dit.model", "dit.text", "dit.train", "ae.latents", "ae.autoencoder")
+# What it reads (dvc.yaml tracks these; launch: the probes' ranks). Not params/buckets.yaml:
+# it reads only the stage's bucket frame counts there, and writes the file.
+PARAMS = ("tune", "dit.model", "dit.text", "dit.train", "ae.latents", "ae.autoencoder",
+          "launch.nodes", "launch.nproc_per_node")
 
 
 def run_stage(settings, root: Path, *, write: bool = True,

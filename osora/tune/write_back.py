@@ -1,11 +1,13 @@
 """The search's result written into params/buckets.yaml itself (not a side file), so `dvc repro`
 of the training stages picks it up: each searched bucket's batch_size, and under `searched` the
-hardware, model, date and settings it was found for. A round trip through ruamel.yaml keeps the
+hardware, model, date and settings it was found for, and how the probes ran (ranks, context
+parallelism, FSDP, checkpointing, depth, device). A round trip through ruamel.yaml keeps the
 file's comments and order."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -34,6 +36,8 @@ def write_buckets(path: Path, result, settings) -> dict:
         "time_tolerance": t.time_tolerance,
         "reference_bucket": result.reference.frames,
         "probes": sum(len(s.results) for s in result.searches.values()),
+        "probed": None if result.probed is None else
+        {**asdict(result.probed), "full_depth": result.full_depth},
     }
     doc.setdefault("searched", {})[result.stage] = record
     out = io.StringIO()

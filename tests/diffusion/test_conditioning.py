@@ -76,6 +76,9 @@ def test_build_cond():
     assert torch.equal(cond[1, 1:, 2], latent[1, :, 2]) and cond[1, 1:, :2].eq(0).all()
     with pytest.raises(ValueError, match="mask must be"):
         build_cond(latent, torch.ones(4, dtype=torch.bool))
+    # a sample with every frame given has no frame for the loss (flow_loss does not check)
+    with pytest.raises(ValueError, match=r"every frame of samples \[1\], leaving nothing"):
+        build_cond(latent, torch.tensor([[True, False, False], [True, True, True]]))
     assert zero_cond((2, 4, 3, 5, 6)).shape == (2, 5, 3, 5, 6)
     assert not conditioned_frames(zero_cond((2, 4, 3, 5, 6))).any()
 

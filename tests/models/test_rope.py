@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from osora.models.attention import attention
+from osora.models.attention import Attention
 from osora.models.rope import (
     apply_rope,
     grid_positions,
@@ -126,11 +126,11 @@ def test_layouts_are_equal_after_permuting_channels():
     torch.testing.assert_close(hk, ik[..., perm], rtol=0, atol=1e-12)
     # Attention is the same function: channel order inside q·k does not matter.
     v = torch.randn(2, 3, 7, D, generator=gen, dtype=F64)
-    a = attention(q, k, v, freqs, "interleaved")
-    b = attention(q[..., perm], k[..., perm], v, freqs, "rotate_half")
+    a = Attention("interleaved")(q, k, v, freqs)
+    b = Attention("rotate_half")(q[..., perm], k[..., perm], v, freqs)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # ...while running one layout's channels through the other does not give it.
-    assert not torch.allclose(attention(q, k, v, freqs, "rotate_half"), a, atol=1e-4)
+    assert not torch.allclose(Attention("rotate_half")(q, k, v, freqs), a, atol=1e-4)
 
 
 def test_permute_head_rows_permutes_a_projection_per_head():
@@ -156,7 +156,7 @@ def test_attention_matches_plain_softmax_with_key_mask(layout):
     mask = torch.ones(b, n, dtype=torch.bool)
     mask[0, 1:3] = False
     mask[1, 0] = False
-    out = attention(q, k, v, rope_freqs(pos, AXES, THETA, dtype=F64), layout, mask)
+    out = Attention(layout)(q, k, v, rope_freqs(pos, AXES, THETA, dtype=F64), mask)
     assert out.shape == (b, n, h * D)
     # Independent: explicit rotation, then softmax(QKᵀ/√D) with -inf on masked keys.
     rq, rk = reference_rope(q, pos, layout), reference_rope(k, pos, layout)
@@ -185,4 +185,4 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="even"):
         rope_freqs(torch.zeros(4, 3), (4, 5, 7))
     with pytest.raises(ValueError, match="bool key mask"):
-        attention(q, q, q, rope_freqs(torch.zeros(4, 3), AXES), mask=torch.ones(1, 4))
+        Attention()(q, q, q, rope_freqs(torch.zeros(4, 3), AXES), mask=torch.ones(1, 4))

@@ -40,7 +40,7 @@ class Regression:
             err = ((self.model(x) - y) ** 2).mean()
             if step == self.poison_at:
                 err = err * float("nan")
-            return err, {"mse": err.item()}
+            return err, {"mse": err.detach()}
 
         yield Update("reg", self.opt, list(self.model.parameters()), loss, ema=self.ema)
 

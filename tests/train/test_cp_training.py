@@ -1,7 +1,8 @@
 """Context parallelism inside DiT training, on real gloo processes: the loop, FSDP2 over every
 rank and the flow objective with the sequence split over each group of ranks train exactly the
 model that the same run without context parallelism trains (float64, 3 AdamW steps, I2V
-conditions so the loss mask is exercised).
+conditions so the loss mask is exercised, a sequence of 37 tokens that a group of 2 shares
+unequally).
 
 - 2 ranks as one group of 2 (dp 1 × cp 2) against one plain process: both see the whole
   global batch and draw the noise of data rank 0; with Ulysses and with ring attention.
@@ -9,7 +10,9 @@ conditions so the loss mask is exercised).
   replica trains on its half of the batch, drawing the noise of its data rank.
 
 A group whose gradients were averaged over the world instead of summed over the group, or
-whose ranks drew different noise, would end with other weights.
+whose ranks drew different noise, would end with other weights. Every collective of these runs
+(the loop's, FSDP2's, the attention's) must get tensors on the model's device
+(collective_devices).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from collective_devices import collectives_on
 from free_port import free_port, join_gloo
 
 from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.models.mmdit import MMDIT_TINY, MMDiT
 from osora.train.checkpoint import full_state_dict
+from osora.train.context_parallel import parallelize_attention
 from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.flow_objective import FlowObjective, LatentBatch
 from osora.train.loop import LoopSettings, train
@@ -35,7 +40,8 @@ from osora.train.parallel import (
     shard_model,
 )
 
-GLOBAL_BATCH, STEPS, N_TEXT = 4, 3, 6  # 6 text + 2·4·4 video tokens = 38, even
+# 5 text + 2·4·4 video tokens = 37: a group of 2 shares it unequally, 19 + 18 tokens
+GLOBAL_BATCH, STEPS, N_TEXT = 4, 3, 5
 CONFIG = dataclasses.replace(MMDIT_TINY, depth_double=2)
 
 
@@ -66,16 +72,21 @@ def run(job: Dist, cp: int, attention: str, out: Path) -> None:
     context = context_layout(job, cp)
     torch.manual_seed(0)
     model = MMDiT(CONFIG).double()
+    if cp > 1:
+        parallelize_attention(model, context.group, attention)
     if job.world_size > 1:
         model = shard_model(model, MMDIT_SHARD_UNITS,
                             forward_methods=("embed",) if cp > 1 else (),
                             gradient_divide_factor=context.dp if cp > 1 else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-15)
-    objective = FlowObjective(model, optimizer, patch_size=1, sigma_min=1e-5, context=context,
-                              cp_attention=attention)
+    objective = FlowObjective(model, optimizer, patch_size=1, sigma_min=1e-5, context=context)
     settings = LoopSettings(steps=STEPS, grad_clip=1.0, log_every=1, checkpoint_every=100)
-    train(objective, lambda step: replica_batch(step, context.dp, context.dp_rank), settings,
-          rank=job.rank, data_rank=context.dp_rank)
+    with collectives_on(next(model.parameters()).device) as calls:
+        train(objective, lambda step: replica_batch(step, context.dp, context.dp_rank), settings,
+              rank=job.rank, data_rank=context.dp_rank)
+    if cp > 1:  # the guard saw the loop's, FSDP2's and the attention's collectives
+        exchange = "all_to_all_single" if attention == "ulysses" else "batch_isend_irecv"
+        assert {"all_reduce", "all_gather", "all_gather_single", exchange} <= set(calls), calls
     weights = full_state_dict(objective.model)
     if job.rank == 0:
         torch.save(weights, out)

@@ -35,8 +35,8 @@ def encoder():
 def batches(encoder, data=None, **kw):
     args = dict(world=2, rank=0, seed=0)
     args.update(kw)
-    return LatentBatches(rows() if data is None else data, encoder, EmbeddingCache(), {8: BucketRule(2), 16: BucketRule(3)},
-                         **args)
+    return LatentBatches(rows() if data is None else data, encoder, EmbeddingCache(),
+                         {8: BucketRule(2), 16: BucketRule(3)}, **args)
 
 
 def at(b, step):

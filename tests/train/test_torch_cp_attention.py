@@ -1,6 +1,7 @@
 """torch's own context parallelism behind the CP attention contract, on 2 real gloo processes:
 the forward equals whole-sequence attention in float64 (its backward needs CUDA's attention
-kernels: see osora/train/torch_cp_attention.py), and a key mask is refused with the fix."""
+kernels: see osora/train/torch_cp_attention.py); a key mask and unequal shares are refused with
+the fix."""
 
 
 import pytest
@@ -28,6 +29,11 @@ def _worker(rank: int, world: int, port: int) -> None:
         torch.testing.assert_close(out, ref[:, :, mine], rtol=1e-12, atol=1e-12)
         with pytest.raises(ValueError, match="cp_attention to ulysses or ring"):
             torch_cp_attention(q, k, v, mask=torch.ones(B, n, dtype=torch.bool))
+        sizes = [TOKENS_PER_RANK + 1, TOKENS_PER_RANK - 1]  # a sequence of 2·4 tokens, unequal
+        share = slice(rank * sizes[0], rank * sizes[0] + sizes[rank])
+        with pytest.raises(ValueError, match=r"equal shares only: 8 tokens over 2 ranks split "
+                           r"\[5, 3\]; set params/dit.yaml train.cp_attention to ulysses or ring"):
+            torch_cp_attention(*(x[:, :, share] for x in (q, k, v)), sizes=sizes)
     finally:
         close_distributed()
 
