@@ -92,7 +92,7 @@ def main() -> None:
         prefetch = Prefetcher(batches, device=device)
         model = initial_model(params, args.stage, args.models).to(device)
         init = init_weights(params, args.stage, args.models)
-        if init is not None and dist.rank == 0:
+        if init is not None:  # a no-op on ranks other than 0 (OtherRankRun)
             run.log_weights(init, "input.init")
         objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
