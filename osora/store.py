@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -248,6 +249,8 @@ class Store:
             self._storage_options = {**retry_options(S3Settings()), **self._storage_options}
         # Where local_path puts the S3 files it reads (default: same options, default cache).
         self._files = cache or FileCache(self._storage_options)
+        self._pinned_versions: dict[tuple[str, int], lance.LanceDataset] = {}  # take's
+        self._pinned_lock = threading.Lock()  # prefetch threads take concurrently
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> Store:
@@ -475,6 +478,18 @@ class Store:
         return self._open(name, version).to_table(columns=columns)
 
     @_s3_call
+    def take(self, name: str, positions: list[int], version: int,
+             columns: list[str] | None = None) -> pa.Table:
+        """The rows at `positions` (offsets in the table's scan order at `version`), in that
+        order: random access for a reader that needs a few rows at a time (a training step's)
+        and must never hold the whole table. The version must be pinned (a number): positions
+        mean nothing across versions. The opened version is kept, so a take costs no manifest
+        read."""
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"take from {name!r}: pin a version number, got {version!r}")
+        return self._pinned(name, version).take(positions, columns=columns)
+
+    @_s3_call
     def version(self, name: str) -> int:
         """The latest version number."""
         return self._open(name).version
@@ -505,6 +520,14 @@ class Store:
         return {tag: info["version"] for tag, info in self._open(name).tags.list().items()}
 
     # -- internals -------------------------------------------------------------------------
+
+    def _pinned(self, name: str, version: int) -> lance.LanceDataset:
+        """The table at a version number, opened once per store (a version never changes)."""
+        with self._pinned_lock:
+            dataset = self._pinned_versions.get((name, version))
+            if dataset is None:
+                dataset = self._pinned_versions[(name, version)] = self._open(name, version)
+            return dataset
 
     def _open(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
         import lance

@@ -136,9 +136,14 @@ class StageRun:
     def read_input(self, store: "Store", receipt: Path, table: str) -> "pa.Table":
         """The version of `table` that an upstream stage's receipt pins, logged as this run's
         input: every stage reads exactly what the DVC graph says it depends on."""
+        return store.read(table, version=self.pin_input(receipt, table).version)
+
+    def pin_input(self, receipt: Path, table: str) -> TableRef:
+        """The version of `table` that the receipt pins, logged as this run's input, for a
+        stage that reads it a few rows at a time (training) rather than whole."""
         ref = read_receipt(receipt)[table]
         self.log_input(ref)
-        return store.read(table, version=ref.version)
+        return ref
 
     def log_output(self, store: "Store", table: str, version: int) -> TableRef:
         """Record the table version this run produced, tagged `<stage>-<run id>` in Lance.

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--curve", type=Path, required=True, help="loss curve CSV (DVC plot)")
     args = parser.parse_args()
 
-    from osora.models.text import EmbeddingCache, build_text_encoder
+    from osora.models.text import build_text_encoder
     from osora.train.checkpoint import full_state_dict, run_folder
     from osora.train.curve import CurveLog
     from osora.train.dit_batches import LatentBatches
@@ -53,10 +53,12 @@ def main() -> None:
         loop_settings,
         stage_weights,
     )
+    from osora.train.latent_table import LatentTable
     from osora.train.loop import train
     from osora.train.parallel import close_distributed, context_layout, init_distributed
     from osora.train.prefetch import Prefetcher
     from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
+    from osora.train.text_source import OnlineText
     from osora.weights.mmdit import save_mmdit
 
     settings = load_settings()
@@ -80,11 +82,12 @@ def main() -> None:
             raise SystemExit(f"dit_train: {args.latents} has no table {table}; set "
                              f"train.stages.{args.stage}.latents to the level the latents "
                              "stage encodes (params/ae.yaml latents.level)")
-        rows = run.read_input(store, args.latents, table).to_pylist()
+        ref = run.pin_input(args.latents, table)
+        latents = LatentTable(store, table, ref.version)  # read per step, never whole
         text_encoder = build_text_encoder(params.text, device)
         cond = params.conditioning
         batches = LatentBatches(
-            rows, text_encoder, EmbeddingCache(params.text.cache),
+            latents, OnlineText(text_encoder),
             bucket_rules(settings.buckets, args.stage), world=context.dp, rank=context.dp_rank,
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
@@ -96,7 +99,6 @@ def main() -> None:
             run.log_weights(init, "input.init")
         objective = build_objective(params, model, args.stage, dist.world_size, context)
         curve = CurveLog(run)
-        ref = read_receipt(args.latents)[table]
         checkpoints = run_folder(workspace_root() / "checkpoints" / name,
                                  params.model, params.train, stage, settings.buckets,
                                  ref.uri, ref.version, dist.world_size, text_encoder.identity)
@@ -118,7 +120,7 @@ def main() -> None:
             save_mmdit(export, stage_weights(args.models, args.stage),
                        text_encoder=text_encoder.identity)
             run.log_weights(stage_weights(args.models, args.stage), "output")
-            metrics = {**result.summary(), "train_clips": len(rows),
+            metrics = {**result.summary(), "train_clips": len(latents),
                        "parameters": sum(p.numel() for p in export.parameters())}
             curve.finish(metrics, args.metrics, args.curve)
     close_distributed()

@@ -5,10 +5,10 @@ loop (deterministic per (seed, rank, i), so a resumed run repeats the same batch
 - "synthetic" (`SyntheticLatents`): Gaussian latents of the [osora] bucket shape with Gaussian
   text features and no condition. Not data: for throughput/MFU runs and CPU tests.
 - "latents": osora.train.dit_batches.LatentBatches over the latents table of params' stage —
-  osora's own bucket schedule, text encoder (+ embedding cache), conditions and dropouts. It
-  reads the whole table into memory on every rank and encodes every distinct text once, as
-  osora's pipelines/dit_train.py does; it needs the `pipeline` extra and the store of
-  params/store.yaml (optionally pinned by a latents receipt). Its batch size per rank is each
+  osora's own bucket schedule, text encoder, conditions and dropouts. As in osora's
+  pipelines/dit_train.py, each step reads only its rank's rows from the store and encodes their
+  texts; it needs the `pipeline` extra and the store of params/store.yaml (the version a
+  latents receipt pins, else the latest). Its batch size per rank is each
   bucket's (params/buckets.yaml), not training.local_batch_size.
 
 `StepBatches` turns a source into torchtitan's ParallelAwareDataloader dataset (already
@@ -82,13 +82,15 @@ class SyntheticLatents:
 def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: int,
                          seed: int, device: str | torch.device = "cpu"):
     """osora's LatentBatches over params' latents table for [osora] profile / stage (module
-    doc). `device` runs the text encoder (its embeddings are computed once, here)."""
+    doc). `device` runs the text encoder (each batch's texts, as the batch is made)."""
     from osora.config import load_settings
     from osora.lineage import read_receipt
-    from osora.models.text import EmbeddingCache, build_text_encoder
+    from osora.models.text import build_text_encoder
     from osora.store import Store
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import bucket_rules
+    from osora.train.latent_table import LatentTable
+    from osora.train.text_source import OnlineText
     from osora.weights.mmdit import mmdit_config
 
     settings = load_settings(opts.profile)
@@ -102,12 +104,12 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
         raise ValueError(f"stage {opts.stage} is conditioned but the flavour has no condition "
                          "input (cond_channels 0)")
     table = f"latents_{stage.latents}"
+    store = Store.from_settings(settings.store)
     version = (read_receipt(Path(opts.latents_receipt))[table].version
-               if opts.latents_receipt else None)
-    rows = Store.from_settings(settings.store).read(table, version=version).to_pylist()
+               if opts.latents_receipt else store.version(table))
     cond = params.conditioning
     return LatentBatches(
-        rows, build_text_encoder(params.text, device), EmbeddingCache(params.text.cache),
+        LatentTable(store, table, version), OnlineText(build_text_encoder(params.text, device)),
         bucket_rules(settings.buckets, opts.stage), world=world, rank=rank, seed=seed,
         condition_weights=cond.weights if stage.conditioned else None,
         v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,

@@ -1,9 +1,11 @@
-"""DiT training batches from a latents table (RECIPE §4–§6): step → `LatentBatch`.
+"""DiT training batches from a latents table: step → `LatentBatch`.
 
-The rows' latents (already in the DiT's scale) and their texts' embeddings are held in memory
-(the text encoder runs once per distinct text, through the embedding cache); each step takes
-its rank's items of that step's bucket from `bucket_batches.epoch_schedule`, so every rank
-trains on the same bucket. Then, per sample:
+The schedule comes from the table's small columns (`LatentTable`: items in id order and their
+buckets); each step takes its rank's items of that step's bucket from
+`bucket_batches.epoch_schedule`, so every rank trains on the same bucket, and reads only
+those rows' latents and texts from the store, and their texts' embeddings from `text`
+(osora.train.text_source). Nothing holds the whole table or every caption's embedding. Then,
+per sample:
 - conditioned stages draw a condition kind (`conditioning.sample_condition_kind`, kinds that
   do not fit the clip left out) and build [mask, mask·latent] from the clip's own latent
   frames. (The reference encodes an i2v image separately from the video; with precomputed
@@ -12,12 +14,12 @@ trains on the same bucket. Then, per sample:
 - the condition is dropped with `conditioning.image_dropout`, the text with `text_dropout`
   (T5 and CLIP independently, to the empty prompt's embedding).
 All draws come from a generator seeded by (seed, rank, step), so a resumed run repeats the
-batches of the uninterrupted one, and a batch can be made ahead of its step.
+batches of the uninterrupted one, and a batch can be made ahead of its step (osora.train.prefetch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
@@ -28,39 +30,32 @@ from osora.diffusion.conditioning import (
     drop_text,
     sample_condition_kind,
 )
-from osora.models.text import EmbeddingCache, TextEncoder, encode_cached, null_embedding
 from osora.train.bucket_batches import BucketBatch, BucketRule, epoch_schedule
 from osora.train.flow_objective import LatentBatch
+from osora.train.latent_table import LatentTable
+from osora.train.text_source import OnlineText
 
 
 class LatentBatches:
-    """rows: `latents_<level>` rows (dicts with latent bytes, text, frames/height/width);
+    """table: the latents table's pinned version; text: the batches' text embeddings;
     rules: bucket frame count → BucketRule; condition_weights: None for T2V, else kind → weight.
     """
 
-    def __init__(self, rows: Sequence[dict], text_encoder: TextEncoder, cache: EmbeddingCache,
-                 rules: Mapping[int, BucketRule], *, world: int, rank: int, seed: int,
+    def __init__(self, table: LatentTable, text: OnlineText, rules: Mapping[int, BucketRule],
+                 *, world: int, rank: int, seed: int,
                  condition_weights: Mapping[str, float] | None = None,
                  v2v_frames: int | None = None, text_dropout: float = 0.0,
                  image_dropout: float = 0.0):
-        from osora.data.latents import read_latent
-
-        if not rows:
-            raise ValueError("no latent rows to train on: run the latents stage first "
-                             "(dvc repro latents) and check its level")
-        missing = sorted({r["frames"] for r in rows} - set(rules))
+        if not len(table):
+            raise ValueError(f"no latent rows to train on in {table.name}: run the latents "
+                             "stage first (dvc repro latents) and check its level")
+        missing = sorted({frames for frames, _, _ in table.buckets} - set(rules))
         if missing:
             raise ValueError(f"no batch size for {missing}-frame buckets: add them to "
                              "params/buckets.yaml for this stage")
-        # id order, not the table's: the latents stage's workers append in whatever order they
-        # finish, and the batches (indices into these lists) must not depend on it
-        rows = sorted(rows, key=lambda r: r["id"])
-        self.latents = [read_latent(r).float() for r in rows]  # (C, T, H, W) each
-        self.buckets = [(r["frames"], r["height"], r["width"]) for r in rows]
+        self.table, self.text = table, text
+        self.buckets = table.buckets
         self.rules = {b: rules[b[0]] for b in set(self.buckets)}
-        emb = encode_cached(text_encoder, [r["text"] for r in rows], cache)
-        self.text, self.mask, self.pooled = emb.seq.float(), emb.mask, emb.pooled.float()
-        self.null = null_embedding(text_encoder, cache)
         self.world, self.rank, self.seed = world, rank, seed
         self.condition_weights = dict(condition_weights) if condition_weights else None
         self.v2v_frames = v2v_frames
@@ -88,12 +83,13 @@ class LatentBatches:
         # its own generator from (seed, rank, step), not the global RNG: a batch may be made
         # ahead of its step, in a prefetch thread (osora.train.prefetch)
         generator = torch.Generator().manual_seed(hash((self.seed, self.rank, step)) % 2**63)
-        latent = torch.stack([self.latents[i] for i in items])  # (B, C, T, H, W)
+        latent, captions = self.table.read(items)  # (B, C, T, H, W) float32, B texts
+        emb, null = self.text(captions), self.text.null
         text, pooled, mask = drop_text(
-            self.text[items], self.pooled[items], null_text=self.null.seq.float(),
-            null_pooled=self.null.pooled.float(), p_text=self.text_dropout,
-            p_pooled=self.text_dropout, generator=generator, text_mask=self.mask[items],
-            null_text_mask=self.null.mask)
+            emb.seq.float(), emb.pooled.float(), null_text=null.seq.float(),
+            null_pooled=null.pooled.float(), p_text=self.text_dropout,
+            p_pooled=self.text_dropout, generator=generator, text_mask=emb.mask,
+            null_text_mask=null.mask)
         cond = None
         if self.condition_weights is not None:
             t = latent.shape[2]

@@ -41,11 +41,13 @@ def test_latents_source_is_osoras_latent_batches(tmp_path, monkeypatch):
     from torchtitan.config import JobConfig
 
     from osora.config import load_settings
-    from osora.models.text import EmbeddingCache, build_text_encoder
+    from osora.models.text import build_text_encoder
     from osora.schemas import LATENTS
     from osora.store import Store
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import bucket_rules
+    from osora.train.latent_table import LatentTable
+    from osora.train.text_source import OnlineText
 
     monkeypatch.setenv("OSORA_STORE__URI", str(tmp_path / "store"))
     settings = load_settings()
@@ -58,14 +60,15 @@ def test_latents_source_is_osoras_latent_batches(tmp_path, monkeypatch):
              "ae_kind": "dcae", "ae_sha256": "0" * 64,
              **latent_columns(torch.randn(16, 2, 4, 4, generator=g), "float32")}
             for i in range(size)]
-    Store.from_settings(settings.store).write(f"latents_{stage.latents}",
-                                              pa.Table.from_pylist(rows, schema=LATENTS))
+    store, table = Store.from_settings(settings.store), f"latents_{stage.latents}"
+    version = store.write(table, pa.Table.from_pylist(rows, schema=LATENTS))
     config = JobConfig()
     config.osora = Osora(source="latents", profile="tiny", stage="stage1")
     config.model.name, config.model.flavor = "osora_mmdit", "tiny"
     inputs, labels = next(iter(build_osora_dataloader(1, 0, None, config)))
     text = settings.dit.text
-    want = LatentBatches(rows, build_text_encoder(text), EmbeddingCache(text.cache),
+    want = LatentBatches(LatentTable(store, table, version),
+                         OnlineText(build_text_encoder(text)),
                          bucket_rules(settings.buckets, "stage1"), world=1, rank=0, seed=0,
                          text_dropout=settings.dit.conditioning.text_dropout)(0)
     got = from_titan(inputs)
