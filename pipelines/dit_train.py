@@ -92,7 +92,7 @@ def main() -> None:
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
             image_dropout=cond.image_dropout)
-        prefetch = Prefetcher(batches, device=device)
+        prefetch = Prefetcher(batches, device=device, ahead=params.train.prefetch_ahead)
         model = initial_model(params, args.stage, args.models).to(device)
         init = init_weights(params, args.stage, args.models)
         if init is not None:  # a no-op on ranks other than 0 (OtherRankRun)

@@ -189,6 +189,9 @@ class DiTTrainParams(Params):
     recovery: RecoveryParams
     gc_every: int = Field(ge=0, description="Python's GC off in the loop, collected every N "
                           "steps (0: left on)")
+    prefetch_ahead: int = Field(ge=1, description="steps whose batches are read from the "
+                                "store and made in advance, each by its own thread "
+                                "(osora.train.prefetch)")
     compile_blocks: bool = Field(description="torch.compile each double / single block "
                                  "(osora.train.block_compile); off on CPU")
     cp_attention: Literal["ulysses", "ring", "torch"] = Field(

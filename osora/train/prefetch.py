@@ -1,15 +1,16 @@
-"""Making the next step's batch while the current step computes (RECIPE §6: a data loader with
+"""Making the next steps' batches while the current step computes (a data loader with
 pre-allocated pinned buffers and prefetch overlapping compute).
 
-`Prefetcher(batch_for, device=…)` is itself a `batch_for`: after handing out step s it starts
-step s + 1's batch in a background thread; a request for any other step (a resume, a recovery
-that goes back) is made on the spot. For a CUDA device the thread copies the batch's tensors
-into pinned host buffers that are allocated once per (shape, dtype) and reused
-(`PinnedBuffers`), and the step copies them to the GPU asynchronously. A buffer is refilled
-only after the GPU copy that read it has finished (an event per copy), so reuse never races a
-transfer still in flight.
+`Prefetcher(batch_for, device=…, ahead=n)` is itself a `batch_for`: after handing out step s
+it has steps s + 1 … s + n made by n background threads (reads from the store overlap each
+other and the step); a request for any other step (a resume, a recovery that goes back) is
+made on the spot. For a CUDA device one more thread copies each made batch's tensors, in step
+order, into pinned host buffers that are allocated once per (shape, dtype) and reused
+(`PinnedBuffers`, a ring of n + 1), and the step copies them to the GPU asynchronously. A
+buffer is refilled only after the GPU copy that read it has finished (an event per copy), and
+staging in step order means the ring never refills a buffer whose batch is still waiting.
 
-`batch_for` must not use the global RNG (the thread would race the training step for it):
+`batch_for` must not use the global RNG (the threads would race the training step for it):
 `dit_batches.LatentBatches` seeds its own generator from (seed, rank, step).
 """
 
@@ -91,31 +92,54 @@ class PinnedBuffers:
 
 class Prefetcher:
     """device: where the step wants the batch; for CUDA the batch is staged through
-    PinnedBuffers, else it is handed over as made (moved with `.to` if the device differs)."""
+    PinnedBuffers, else it is handed over as made (moved with `.to` if the device differs).
+    ahead: how many steps are made in advance, each by its own thread."""
 
     def __init__(self, batch_for: Callable[[int], Any], *, device: str | torch.device = "cpu",
-                 buffers: PinnedBuffers | None = None):
-        self.batch_for, self.device = batch_for, torch.device(device)
+                 buffers: PinnedBuffers | None = None, ahead: int = 1):
+        if not isinstance(ahead, int) or ahead < 1:
+            raise ValueError(f"ahead must be an int ≥ 1 (steps made in advance), got {ahead!r}")
+        if buffers is not None and buffers.depth < ahead + 1:
+            raise ValueError(f"PinnedBuffers depth {buffers.depth} < ahead + 1 = {ahead + 1}: "
+                             "a waiting batch's buffer would be refilled")
+        self.batch_for, self.device, self.ahead = batch_for, torch.device(device), ahead
         staged = self.device.type == "cuda" or buffers is not None
-        self.buffers = (buffers or PinnedBuffers()) if staged else None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osora-prefetch")
-        self._next: tuple[int, Future] | None = None
+        self.buffers = (buffers or PinnedBuffers(depth=ahead + 1)) if staged else None
+        self._makers = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="osora-prefetch")
+        # one thread, so batches are staged in the order of their steps (module doc)
+        self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osora-prefetch")
+        self._pending: dict[int, tuple[Future, Future]] = {}  # step → (made, staged)
 
-    def _make(self, step: int) -> Any:
-        batch = self.batch_for(step)
+    def _stage(self, batch: Any) -> Any:
         return batch if self.buffers is None else map_tensors(batch, self.buffers.stage)
 
+    def _start(self, step: int) -> tuple[Future, Future]:
+        made = self._makers.submit(self.batch_for, step)
+        return made, self._stager.submit(lambda: self._stage(made.result()))
+
+    def _discard(self, steps: list[int]) -> None:
+        """Drop the batches made ahead for `steps`, waiting for any under way (a staging
+        that finishes later would take a buffer out of turn)."""
+        for step in steps:
+            for future in self._pending.pop(step):
+                if not future.cancel():
+                    future.exception()
+
     def __call__(self, step: int) -> Any:
-        if self._next is not None and self._next[0] == step:
-            batch = self._next[1].result()
-        else:
-            if self._next is not None and not self._next[1].cancel():
-                self._next[1].exception()  # a make under way finishes before one starts anew
-            batch = self._make(step)
-        self._next = (step + 1, self._pool.submit(self._make, step + 1))
+        window = range(step, step + self.ahead + 1)
+        if step in self._pending:
+            self._discard([s for s in self._pending if s not in window])  # skipped steps
+            batch = self._pending.pop(step)[1].result()
+        else:  # a jump: nothing made ahead is staged after it
+            self._discard(list(self._pending))
+            batch = self._stage(self.batch_for(step))
+        for s in window[1:]:
+            if s not in self._pending:
+                self._pending[s] = self._start(s)
         if self.buffers is None:
             return map_tensors(batch, lambda x: x.to(self.device))
         return map_tensors(batch, lambda x: self.buffers.to_device(x, self.device))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._makers, self._stager):
+            pool.shutdown(wait=True, cancel_futures=True)

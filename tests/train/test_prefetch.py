@@ -43,3 +43,37 @@ def test_staging_buffers_are_allocated_once_per_shape_and_reused():
         assert torch.equal(batch["latent"], batch_for(step)["latent"]), step
         assert int(batch["step"]) == step
     assert buffers.allocated == 3 * 2  # (2, 3), (4, 1), (1,) int64: two each
+
+
+def test_several_steps_ahead_are_made_in_parallel_and_handed_out_in_order():
+    """ahead=3: steps s + 1 … s + 3 are made at once (a slow read per step overlaps the
+    others); every batch handed out is its own step's, staged buffers included, across a jump."""
+    import torch
+
+    from osora.train.prefetch import PinnedBuffers
+
+    started, first = threading.Barrier(3, timeout=10), {1, 2, 3}
+
+    def batch_for(step):
+        if step in first:  # made ahead after step 0: all three under way together, or this breaks
+            first.discard(step)
+            started.wait()
+        return {"latent": torch.full((2, 3), float(step))}
+
+    buffers = PinnedBuffers(depth=4)
+    fetch = Prefetcher(batch_for, buffers=buffers, ahead=3)
+    steps = [*range(10), 2, 3, 4]
+    got = [fetch(s) for s in steps]
+    fetch.close()
+    for step, batch in zip(steps, got):
+        assert bool((batch["latent"] == step).all()), step
+    assert buffers.allocated == 4
+
+
+def test_too_few_buffers_for_the_steps_ahead_is_an_error():
+    import pytest
+
+    from osora.train.prefetch import PinnedBuffers
+
+    with pytest.raises(ValueError, match="depth 2 < ahead"):
+        Prefetcher(lambda s: s, buffers=PinnedBuffers(depth=2), ahead=2)
