@@ -1,0 +1,163 @@
+"""The DiT loader over synthetic latents tables: peak memory and batches per second by table size.
+
+    .venv/bin/python bench/bench_loader.py [--rows 1000 10000 100000] [--paper-rows 256]
+        [--steps 200] [--store DIR]
+
+For each size a latents table of that many rows is written to a local store (streamed, never
+whole in memory), all rows in the tiny profile's stage-1 bucket (16 frames at 64², the latent
+shape of params/ae.yaml's AE); then a child process, so that its peak RSS is the loader's
+alone, builds `LatentBatches` over the table (start-up: the index from the small columns) and
+makes `--steps` batches of rank 0 of 2. `--paper-rows` adds one table of paper-size rows: a
+256px 129-frame clip of the paper profile (HunyuanVideo VAE latent (16, 33, 24, 42), bfloat16,
+1 MiB a row) at that bucket's batch size. Texts get a fixed embedding of the tiny encoder's
+shape: this measures the table reads; online text encoding is the text encoder's own cost.
+
+Prints one JSON line per table: rows, latent shape, batch size, start-up seconds, batches/s,
+ms per batch, peak RSS in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TABLE = "latents_bench"
+WRITE_CHUNK = 1000  # rows per written batch
+
+
+class FixedText:
+    """Every text's embedding is the same zeros: seq (B, L, D), mask (B, L), pooled (B, D)."""
+
+    def __init__(self, length: int = 16, dim: int = 384):
+        from osora.models.text import TextEmbedding
+
+        self.identity = "fixed"
+        self.null = TextEmbedding(torch.zeros(1, length, dim), torch.ones(1, length, dtype=bool),
+                                  torch.zeros(1, dim))
+
+    def __call__(self, texts):
+        from osora.models.text import TextEmbedding
+
+        n = len(texts)
+        return TextEmbedding(self.null.seq.expand(n, -1, -1), self.null.mask.expand(n, -1),
+                             self.null.pooled.expand(n, -1))
+
+
+def tiny_shape() -> tuple[tuple[int, int, int], tuple[int, ...], int, str]:
+    """(bucket (frames, h, w), latent (C, T', H', W'), batch size, storage dtype) of the tiny
+    stage 1: its first latent set's smallest frame count, square at its resolution."""
+    from osora.config import load_settings
+    from osora.data.latents import autoencoder_spec
+
+    settings = load_settings()
+    spec = autoencoder_spec(settings.ae)
+    latent_set = next(iter(settings.ae.latents.sets.values()))
+    frames, size = min(latent_set.frames), latent_set.resolution
+    latent = (spec.latent_channels, frames // spec.temporal_down, size // spec.spatial_down,
+              size // spec.spatial_down)
+    batch = settings.buckets.stages["stage1"][frames].batch_size
+    return (frames, size, size), latent, batch, settings.ae.latents.storage_dtype
+
+
+def paper_shape() -> tuple[tuple[int, int, int], tuple[int, ...], int, str]:
+    """A 256px 16:9 129-frame clip of the paper profile (HunyuanVideo VAE: 4× in time, causal,
+    8× in space, 16 channels)."""
+    from osora.config import load_settings
+
+    batch = load_settings("paper").buckets.stages["stage1"][129].batch_size
+    return (129, 192, 336), (16, 33, 24, 42), batch, "bfloat16"
+
+
+def write_table(root: str, rows: int, bucket, latent, dtype: str) -> int:
+    """`rows` rows of one bucket with random latents, written as a stream; the version."""
+    import pyarrow as pa
+
+    from osora.data.latents import latent_columns
+    from osora.schemas import LATENTS
+    from osora.store import Store
+
+    frames, height, width = bucket
+
+    def batches():
+        g = torch.Generator().manual_seed(0)
+        for start in range(0, rows, WRITE_CHUNK):
+            chunk = [{"id": f"clip{i:09d}", "video_id": f"video{i // 8}",
+                      "text": f"a synthetic clip {i}", "fps": 24.0, "frames": frames,
+                      "height": height, "width": width, "dit_scale": True, "ae_kind": "bench",
+                      "ae_sha256": "0" * 64,
+                      **latent_columns(torch.randn(latent, generator=g), dtype)}
+                     for i in range(start, min(rows, start + WRITE_CHUNK))]
+            yield pa.RecordBatch.from_pylist(chunk, schema=LATENTS)
+
+    store = Store(root)
+    return store.write(TABLE, pa.RecordBatchReader.from_batches(LATENTS, batches()),
+                       mode="overwrite" if store.exists(TABLE) else "create")
+
+
+def measure(root: str, version: int, frames: int, batch_size: int, steps: int) -> dict:
+    """In the child: start-up and `steps` batches of rank 0 of 2, and the peak RSS."""
+    from osora.store import Store
+    from osora.train.bucket_batches import BucketRule
+    from osora.train.dit_batches import LatentBatches
+    from osora.train.latent_table import LatentTable
+
+    start = time.perf_counter()
+    table = LatentTable(Store(root), TABLE, version)
+    batches = LatentBatches(table, FixedText(), {frames: BucketRule(batch_size)}, world=2,
+                            rank=0, seed=0)
+    batches.step_batch(0)  # the first epoch's schedule is part of start-up
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    for step in range(steps):
+        batches(step)
+    elapsed = time.perf_counter() - start
+    return {"startup_s": round(startup, 3), "batches_per_s": round(steps / elapsed, 1),
+            "ms_per_batch": round(1000 * elapsed / steps, 2),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def run(root: str, rows: int, shape, steps: int) -> dict:
+    bucket, latent, batch_size, dtype = shape
+    version = write_table(root, rows, bucket, latent, dtype)
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", root, str(version), str(bucket[0]),
+         str(batch_size), str(steps)], capture_output=True, text=True, check=True)
+    return {"rows": rows, "latent_shape": list(latent), "latent_dtype": dtype,
+            "batch_size": batch_size, "steps": steps, **json.loads(child.stdout)}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        root, version, frames, batch_size, steps = sys.argv[2:]
+        print(json.dumps(measure(root, int(version), int(frames), int(batch_size), int(steps))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--paper-rows", type=int, default=256,
+                        help="rows of the paper-size table (0: none)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--store", type=Path, default=None,
+                        help="a folder for the tables (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        root = str(args.store or tmp)
+        for rows in args.rows:
+            print(json.dumps(run(f"{root}/tiny_{rows}", rows, tiny_shape(), args.steps)),
+                  flush=True)
+        if args.paper_rows:
+            steps = min(args.steps, args.paper_rows // paper_shape()[2] // 2 or 1)
+            print(json.dumps(run(f"{root}/paper", args.paper_rows, paper_shape(), steps)),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
