@@ -1,19 +1,25 @@
 """The DiT loader over synthetic latents tables: peak memory and batches per second by table size.
 
     .venv/bin/python bench/bench_loader.py [--rows 1000 10000 100000] [--paper-rows 256]
-        [--steps 200] [--store DIR]
+        [--steps 200] [--store DIR] [--s3-rows 1000 10000] [--ahead 2] [--step-ms 120]
 
 For each size a latents table of that many rows is written to a local store (streamed, never
 whole in memory), all rows in the tiny profile's stage-1 bucket (16 frames at 64², the latent
 shape of params/ae.yaml's AE); then a child process, so that its peak RSS is the loader's
-alone, builds `LatentBatches` over the table (start-up: the index from the small columns) and
-makes `--steps` batches of rank 0 of 2. `--paper-rows` adds one table of paper-size rows: a
+alone, builds `LatentBatches` over the table (start-up: the index from the small columns),
+makes `--steps` batches of rank 0 of 2 one after the other (the loader's own rate), then
+`--steps` more through the `Prefetcher` with `--ahead` threads while a stand-in step sleeps
+`--step-ms` (the tiny stage-1 step is about 120 ms on 2 cores): the time a step waits for its
+batch is the loader time training sees. `--paper-rows` adds one table of paper-size rows: a
 256px 129-frame clip of the paper profile (HunyuanVideo VAE latent (16, 33, 24, 42), bfloat16,
 1 MiB a row) at that bucket's batch size. Texts get a fixed embedding of the tiny encoder's
 shape: this measures the table reads; online text encoding is the text encoder's own cost.
+`--s3-rows` repeats those tiny sizes on a real S3 API (moto's server on 127.0.0.1,
+tests/s3_server.py): every step's take then goes over HTTP.
 
-Prints one JSON line per table: rows, latent shape, batch size, start-up seconds, batches/s,
-ms per batch, peak RSS in MiB.
+Prints one JSON line per table: store (local or s3), rows, latent shape, batch size, start-up
+seconds, batches/s and ms per batch made in turn, ms a step waits behind the prefetcher and
+its share of the step, peak RSS in MiB.
 """
 
 from __future__ import annotations
@@ -76,13 +82,12 @@ def paper_shape() -> tuple[tuple[int, int, int], tuple[int, ...], int, str]:
     return (129, 192, 336), (16, 33, 24, 42), batch, "bfloat16"
 
 
-def write_table(root: str, rows: int, bucket, latent, dtype: str) -> int:
+def write_table(store, rows: int, bucket, latent, dtype: str) -> int:
     """`rows` rows of one bucket with random latents, written as a stream; the version."""
     import pyarrow as pa
 
     from osora.data.latents import latent_columns
     from osora.schemas import LATENTS
-    from osora.store import Store
 
     frames, height, width = bucket
 
@@ -97,20 +102,22 @@ def write_table(root: str, rows: int, bucket, latent, dtype: str) -> int:
                      for i in range(start, min(rows, start + WRITE_CHUNK))]
             yield pa.RecordBatch.from_pylist(chunk, schema=LATENTS)
 
-    store = Store(root)
     return store.write(TABLE, pa.RecordBatchReader.from_batches(LATENTS, batches()),
                        mode="overwrite" if store.exists(TABLE) else "create")
 
 
-def measure(root: str, version: int, frames: int, batch_size: int, steps: int) -> dict:
-    """In the child: start-up and `steps` batches of rank 0 of 2, and the peak RSS."""
+def measure(root: str, options: dict, version: int, frames: int, batch_size: int,
+            steps: int, ahead: int, step_ms: float) -> dict:
+    """In the child: start-up, `steps` batches of rank 0 of 2 in turn, `steps` more behind
+    the prefetcher, and the peak RSS (module doc)."""
     from osora.store import Store
     from osora.train.bucket_batches import BucketRule
     from osora.train.dit_batches import LatentBatches
     from osora.train.latent_table import LatentTable
+    from osora.train.prefetch import Prefetcher
 
     start = time.perf_counter()
-    table = LatentTable(Store(root), TABLE, version)
+    table = LatentTable(Store(root, options), TABLE, version)
     batches = LatentBatches(table, FixedText(), {frames: BucketRule(batch_size)}, world=2,
                             rank=0, seed=0)
     batches.step_batch(0)  # the first epoch's schedule is part of start-up
@@ -119,25 +126,39 @@ def measure(root: str, version: int, frames: int, batch_size: int, steps: int) -
     for step in range(steps):
         batches(step)
     elapsed = time.perf_counter() - start
+    fetch, waited = Prefetcher(batches, ahead=ahead), 0.0
+    fetch(steps)  # the first batch of a run is made on the spot
+    for step in range(steps + 1, 2 * steps + 1):
+        start = time.perf_counter()
+        fetch(step)
+        waited += time.perf_counter() - start
+        time.sleep(step_ms / 1000)  # the step's compute
+    fetch.close()
+    wait_ms = 1000 * waited / steps
     return {"startup_s": round(startup, 3), "batches_per_s": round(steps / elapsed, 1),
-            "ms_per_batch": round(1000 * elapsed / steps, 2),
+            "ms_per_batch": round(1000 * elapsed / steps, 2), "ahead": ahead,
+            "wait_ms_per_step": round(wait_ms, 2),
+            "wait_share": round(wait_ms / (wait_ms + step_ms), 4),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def run(root: str, rows: int, shape, steps: int) -> dict:
+def run(store, rows: int, shape, args: argparse.Namespace, steps: int | None = None) -> dict:
     bucket, latent, batch_size, dtype = shape
-    version = write_table(root, rows, bucket, latent, dtype)
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", root, str(version), str(bucket[0]),
-         str(batch_size), str(steps)], capture_output=True, text=True, check=True)
-    return {"rows": rows, "latent_shape": list(latent), "latent_dtype": dtype,
+    version = write_table(store, rows, bucket, latent, dtype)
+    steps = steps or args.steps
+    job = {"root": store.root, "options": store.storage_options, "version": version,
+           "frames": bucket[0], "batch_size": batch_size, "steps": steps,
+           "ahead": args.ahead, "step_ms": args.step_ms}
+    child = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(job),
+                           capture_output=True, text=True, check=True)
+    return {"store": "s3" if store.root.startswith("s3://") else "local", "rows": rows,
+            "latent_shape": list(latent), "latent_dtype": dtype,
             "batch_size": batch_size, "steps": steps, **json.loads(child.stdout)}
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        root, version, frames, batch_size, steps = sys.argv[2:]
-        print(json.dumps(measure(root, int(version), int(frames), int(batch_size), int(steps))))
+    if sys.argv[1:2] == ["--child"]:  # the job on stdin: the store's options hold its keys
+        print(json.dumps(measure(**json.loads(sys.stdin.read()))))
         return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,16 +168,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--store", type=Path, default=None,
                         help="a folder for the tables (default: a temporary one)")
+    parser.add_argument("--s3-rows", type=int, nargs="*", default=[1000, 10000],
+                        help="tiny table sizes to repeat on moto's S3 server (none: skip)")
+    parser.add_argument("--ahead", type=int, default=2, help="prefetch threads")
+    parser.add_argument("--step-ms", type=float, default=120.0,
+                        help="the stand-in step's duration")
     args = parser.parse_args()
+    from osora.store import Store
+
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         root = str(args.store or tmp)
         for rows in args.rows:
-            print(json.dumps(run(f"{root}/tiny_{rows}", rows, tiny_shape(), args.steps)),
-                  flush=True)
+            report(run(Store(f"{root}/tiny_{rows}"), rows, tiny_shape(), args))
         if args.paper_rows:
             steps = min(args.steps, args.paper_rows // paper_shape()[2] // 2 or 1)
-            print(json.dumps(run(f"{root}/paper", args.paper_rows, paper_shape(), steps)),
-                  flush=True)
+            report(run(Store(f"{root}/paper"), args.paper_rows, paper_shape(), args, steps))
+        if args.s3_rows:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from s3_server import moto_server
+
+            with moto_server(Path(tmp) / "moto.log", "bench") as (server, _):
+                for rows in args.s3_rows:
+                    store = Store.from_settings(server.store_settings(f"tiny_{rows}"))
+                    report(run(store, rows, tiny_shape(), args))
+
+
+def report(line: dict) -> None:
+    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
