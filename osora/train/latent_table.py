@@ -36,9 +36,11 @@ class LatentTable:
         index = index.take(order)
         self.positions: list[int] = order.to_pylist()
         self.ids: list[str] = index.column("id").to_pylist()
-        self.buckets: list[Bucket] = list(zip(index.column("frames").to_pylist(),
-                                              index.column("height").to_pylist(),
-                                              index.column("width").to_pylist()))
+        shared: dict[Bucket, Bucket] = {}  # one tuple per bucket, not one per row
+        self.buckets: list[Bucket] = [
+            shared.setdefault(b, b) for b in zip(index.column("frames").to_pylist(),
+                                                 index.column("height").to_pylist(),
+                                                 index.column("width").to_pylist())]
         self.latent_shapes = self._shape_per_bucket(index.column("latent_shape").to_pylist())
 
     @property
