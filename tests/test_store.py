@@ -87,6 +87,22 @@ def test_write_append_read_versions_tags(store: Store):
         store.read("clips")
 
 
+def test_take_reads_rows_by_position_of_a_pinned_version(store: Store):
+    """Random access as a training step does it: the rows at the positions, in the asked
+    order, across data files, and still the pinned version's after later writes."""
+    v1 = store.write("videos", videos(["a", "b", "c"]))
+    v2 = store.write("videos", videos(["d", "e"]), mode="append")  # a second data file
+    order = store.read("videos", version=v2, columns=["id"]).column("id").to_pylist()
+    took = store.take("videos", [4, 0, 3], v2, columns=["id", "num_frames"])
+    assert took.column_names == ["id", "num_frames"]
+    assert took.column("id").to_pylist() == [order[4], order[0], order[3]]
+    store.write("videos", videos(["z"]), mode="overwrite")
+    assert store.take("videos", [1], v1, columns=["id"]).column("id").to_pylist() == [order[1]]
+    assert store.take("videos", [4], v2, columns=["id"]).column("id").to_pylist() == [order[4]]
+    with pytest.raises(TypeError, match="pin a version number"):
+        store.take("videos", [0], "latest")
+
+
 def test_sync_is_idempotent_and_exact(store: Store):
     v1 = store.sync("videos", videos(["a", "b", "c"]))
     assert ids(store.read("videos")) == ["a", "b", "c"]
