@@ -1,7 +1,8 @@
 """The DiT loader over synthetic latents tables: peak memory and batches per second by table size.
 
     .venv/bin/python bench/bench_loader.py [--rows 1000 10000 100000] [--paper-rows 256]
-        [--steps 200] [--store DIR] [--s3-rows 1000 10000] [--ahead 2] [--step-ms 120]
+        [--steps 200] [--store DIR] [--s3-rows 1000] [--ahead 2] [--step-ms 120]
+        [--rows-per-file N]
 
 For each size a latents table of that many rows is written to a local store (streamed, never
 whole in memory), all rows in the tiny profile's stage-1 bucket (16 frames at 64², the latent
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -82,8 +82,10 @@ def paper_shape() -> tuple[tuple[int, int, int], tuple[int, ...], int, str]:
     return (129, 192, 336), (16, 33, 24, 42), batch, "bfloat16"
 
 
-def write_table(store, rows: int, bucket, latent, dtype: str) -> int:
-    """`rows` rows of one bucket with random latents, written as a stream; the version."""
+def write_table(store, rows: int, bucket, latent, dtype: str,
+                rows_per_file: int | None = None) -> int:
+    """`rows` rows of one bucket with random latents, written as a stream, at most
+    `rows_per_file` a data file (None: Lance's default); the version."""
     import pyarrow as pa
 
     from osora.data.latents import latent_columns
@@ -103,7 +105,8 @@ def write_table(store, rows: int, bucket, latent, dtype: str) -> int:
             yield pa.RecordBatch.from_pylist(chunk, schema=LATENTS)
 
     return store.write(TABLE, pa.RecordBatchReader.from_batches(LATENTS, batches()),
-                       mode="overwrite" if store.exists(TABLE) else "create")
+                       mode="overwrite" if store.exists(TABLE) else "create",
+                       max_rows_per_file=rows_per_file)
 
 
 def measure(root: str, options: dict, version: int, frames: int, batch_size: int,
@@ -139,12 +142,21 @@ def measure(root: str, options: dict, version: int, frames: int, batch_size: int
             "ms_per_batch": round(1000 * elapsed / steps, 2), "ahead": ahead,
             "wait_ms_per_step": round(wait_ms, 2),
             "wait_share": round(wait_ms / (wait_ms + step_ms), 4),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    over fork and exec, so a child would report its parent's peak (the table writer's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory is read on Linux only")
 
 
 def run(store, rows: int, shape, args: argparse.Namespace, steps: int | None = None) -> dict:
     bucket, latent, batch_size, dtype = shape
-    version = write_table(store, rows, bucket, latent, dtype)
+    version = write_table(store, rows, bucket, latent, dtype, args.rows_per_file)
     steps = steps or args.steps
     job = {"root": store.root, "options": store.storage_options, "version": version,
            "frames": bucket[0], "batch_size": batch_size, "steps": steps,
@@ -152,7 +164,8 @@ def run(store, rows: int, shape, args: argparse.Namespace, steps: int | None = N
     child = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(job),
                            capture_output=True, text=True, check=True)
     return {"store": "s3" if store.root.startswith("s3://") else "local", "rows": rows,
-            "latent_shape": list(latent), "latent_dtype": dtype,
+            "rows_per_file": args.rows_per_file, "latent_shape": list(latent),
+            "latent_dtype": dtype,
             "batch_size": batch_size, "steps": steps, **json.loads(child.stdout)}
 
 
@@ -168,9 +181,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--store", type=Path, default=None,
                         help="a folder for the tables (default: a temporary one)")
-    parser.add_argument("--s3-rows", type=int, nargs="*", default=[1000, 10000],
+    parser.add_argument("--s3-rows", type=int, nargs="*", default=[1000],
                         help="tiny table sizes to repeat on moto's S3 server (none: skip)")
     parser.add_argument("--ahead", type=int, default=2, help="prefetch threads")
+    parser.add_argument("--rows-per-file", type=int, default=None,
+                        help="rows per data file (default: Lance's, about a million)")
     parser.add_argument("--step-ms", type=float, default=120.0,
                         help="the stand-in step's duration")
     args = parser.parse_args()
