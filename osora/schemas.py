@@ -199,6 +199,23 @@ LATENTS = pa.schema(
     ]
 )
 
+# The text encoder's outputs for the captions DiT training reads (osora.data.text_embeds), one
+# row per (encoder, text): content-keyed, so a caption shared by many clips is stored once and
+# an embedding of other weights or settings is never served. Tensors as raw bytes of `dtype`
+# (osora.data.tensor_bytes), all L positions kept: the DiT sees the padding's states too.
+TEXT_EMBEDS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # osora.data.text_embeds.text_key
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("encoder", pa.string(), nullable=False),  # the TextEncoder's identity
+        pa.field("dtype", pa.string(), nullable=False),  # of seq and pooled
+        pa.field("seq", pa.large_binary(), nullable=False),  # (L, D_seq)
+        pa.field("seq_shape", pa.list_(pa.int32()), nullable=False),
+        pa.field("mask", pa.list_(pa.bool_()), nullable=False),  # (L,) True = a real token
+        pa.field("pooled", pa.large_binary(), nullable=False),  # (D_vec,)
+    ]
+)
+
 # Rows a stage could not process, with the reason: bad input is set aside, never lost.
 QUARANTINE = pa.schema(
     [
@@ -222,6 +239,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "score_ocr": SCORE_OCR,
     "score_jitter": SCORE_JITTER,
     "captions": CAPTIONS,
+    "text_embeds": TEXT_EMBEDS,
 }
 # Tables whose name has one of these prefixes share a schema: "pyramid_<level>",
 # "latents_<level>" and "<stage>_quarantine" (suffix).

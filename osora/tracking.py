@@ -133,10 +133,12 @@ class StageRun:
         mlflow.set_tags({f"weights.{role}.sha256": file_sha256(path),
                          f"weights.{role}.path": str(path)})
 
-    def read_input(self, store: "Store", receipt: Path, table: str) -> "pa.Table":
-        """The version of `table` that an upstream stage's receipt pins, logged as this run's
-        input: every stage reads exactly what the DVC graph says it depends on."""
-        return store.read(table, version=self.pin_input(receipt, table).version)
+    def read_input(self, store: "Store", receipt: Path, table: str,
+                   columns: list[str] | None = None) -> "pa.Table":
+        """The version of `table` that an upstream stage's receipt pins (its `columns`, or all),
+        logged as this run's input: every stage reads exactly what the DVC graph says it
+        depends on."""
+        return store.read(table, version=self.pin_input(receipt, table).version, columns=columns)
 
     def pin_input(self, receipt: Path, table: str) -> TableRef:
         """The version of `table` that the receipt pins, logged as this run's input, for a

@@ -33,6 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", required=True, help="a key of params/dit.yaml train.stages")
     parser.add_argument("--latents", type=Path, required=True, help="receipt of the latents")
+    parser.add_argument("--texts", type=Path, required=True,
+                        help="receipt of the text_embed stage (read when the stage's "
+                        "text_source is table)")
     parser.add_argument("--models", type=Path, required=True,
                         help="models/dit: earlier stages' weights are read from here, this "
                         "stage's written to <models>/<stage>/")
@@ -40,7 +43,7 @@ def main() -> None:
     parser.add_argument("--curve", type=Path, required=True, help="loss curve CSV (DVC plot)")
     args = parser.parse_args()
 
-    from osora.models.text import build_text_encoder
+    from osora.data.text_embeds import TABLE as TEXT_TABLE
     from osora.train.checkpoint import full_state_dict, run_folder
     from osora.train.curve import CurveLog
     from osora.train.dit_batches import LatentBatches
@@ -58,7 +61,7 @@ def main() -> None:
     from osora.train.parallel import close_distributed, context_layout, init_distributed
     from osora.train.prefetch import Prefetcher
     from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
-    from osora.train.text_source import OnlineText
+    from osora.train.text_source import build_text_source
     from osora.weights.mmdit import save_mmdit
 
     settings = load_settings()
@@ -84,10 +87,12 @@ def main() -> None:
                              "stage encodes (params/ae.yaml latents.level)")
         ref = run.pin_input(args.latents, table)
         latents = LatentTable(store, table, ref.version)  # read per step, never whole
-        text_encoder = build_text_encoder(params.text, device)
+        text_version = (run.pin_input(args.texts, TEXT_TABLE).version
+                        if stage.text_source == "table" else None)
+        text = build_text_source(params, args.stage, store, text_version, device)
         cond = params.conditioning
         batches = LatentBatches(
-            latents, OnlineText(text_encoder),
+            latents, text,
             bucket_rules(settings.buckets, args.stage), world=context.dp, rank=context.dp_rank,
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
@@ -101,7 +106,7 @@ def main() -> None:
         curve = CurveLog(run)
         checkpoints = run_folder(workspace_root() / "checkpoints" / name,
                                  params.model, params.train, stage, settings.buckets,
-                                 ref.uri, ref.version, dist.world_size, text_encoder.identity)
+                                 ref.uri, ref.version, dist.world_size, text.identity, text.origin)
         try:
             result = train(objective, prefetch,
                            loop_settings(params, args.stage, device),
@@ -118,7 +123,7 @@ def main() -> None:
         if dist.rank == 0:
             export = exported_model(params, weights)
             save_mmdit(export, stage_weights(args.models, args.stage),
-                       text_encoder=text_encoder.identity)
+                       text_encoder=text.identity)
             run.log_weights(stage_weights(args.models, args.stage), "output")
             metrics = {**result.summary(), "train_clips": len(latents),
                        "parameters": sum(p.numel() for p in export.parameters())}

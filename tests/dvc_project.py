@@ -86,3 +86,29 @@ def write_latents(project: Path, tables: dict[str, list[dict]]) -> None:
                                 key="id"))
             for name, rows in tables.items()]
     write_receipt(project / "lineage" / "latents.json", stage="latents", outputs=refs)
+    write_text_embeds(project, store, [r["text"] for rows in tables.values() for r in rows])
+
+
+def write_text_embeds(project: Path, store, texts: list[str]) -> None:
+    """The text_embed stage's table and receipt (lineage/text_embeds.json) for `texts`, by the
+    project's text encoder, when a DiT stage of its params reads the table (else empty)."""
+    import pyarrow as pa
+
+    from osora.config import load_settings
+    from osora.data.text_embeds import TABLE, embedding_row, text_inputs
+    from osora.lineage import TableRef, write_receipt
+    from osora.models.text import build_text_encoder
+    from osora.schemas import TEXT_EMBEDS
+
+    params = load_settings(params_dir=project / "params").dit
+    rows = []
+    if any(s.text_source == "table" for s in params.train.stages.values()):
+        encoder = build_text_encoder(params.text)
+        inputs = text_inputs(texts, encoder.identity).to_pylist()
+        emb = encoder.encode([r["text"] for r in inputs])
+        rows = [embedding_row(r["id"], r["text"], encoder.identity, emb.seq[i], emb.mask[i],
+                              emb.pooled[i], params.text.table_dtype)
+                for i, r in enumerate(inputs)]
+    version = store.sync(TABLE, pa.Table.from_pylist(rows, schema=TEXT_EMBEDS), key="id")
+    write_receipt(project / "lineage" / "text_embeds.json", stage="text_embed",
+                  outputs=[TableRef(TABLE, store.table_uri(TABLE), version)])

@@ -61,7 +61,8 @@ def test_two_ranks_make_one_run_and_osora_cost_shows_cp_2(project):
     assert not (project / "mlflow").exists()  # a fresh project: the ranks could race
     done = subprocess.run(
         [sys.executable, "-m", "osora.launch", str(REPO / "pipelines" / "dit_train.py"),
-         "--stage", "stage1", "--latents", "lineage/latents.json", "--models", "models/dit",
+         "--stage", "stage1", "--latents", "lineage/latents.json",
+         "--texts", "lineage/text_embeds.json", "--models", "models/dit",
          "--metrics", "metrics/dit_stage1.json", "--curve", "reports/dit_stage1/loss.csv"],
         cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]

@@ -44,7 +44,12 @@ class TextParams(Params):
     max_length: int = Field(ge=2, description="tokens per prompt (paper: T5 512)")
     t5_attention_mask: bool = Field(description="mask T5's padding (the reference does not)")
     dtype: Literal["float32", "bfloat16"]
-    cache: str | None = Field(description="folder of the embedding cache; null: in memory")
+    cache: str | None = Field(description="folder of the sampler's embedding cache; null: in "
+                              "memory")
+    table_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        description="dtype of the text_embeds table the text_embed stage writes (bf16 halves it)")
+    embed_device: Literal["cpu", "cuda"] = Field(
+        description="where the text_embed stage runs the encoders")
 
     @model_validator(mode="after")
     def _paths(self) -> "TextParams":
@@ -144,6 +149,10 @@ class DiTStageParams(Params):
     conditioned: bool = Field(description="false: T2V only (stage 1); true: the condition "
                               "kinds of dit.conditioning.weights (T/I2V stages 2–3)")
     checkpointing: CheckpointingParams
+    text_source: Literal["table", "online"] = Field(
+        description="table: the captions' embeddings from the text_embed stage's table (no "
+        "encoder in training); online: each batch's captions encoded on the training device, "
+        "as the reference (no table, for data sets whose embeddings would not fit a disk)")
     context_parallel: int = Field(ge=1, description="ranks that share one sample's sequence "
                                   "(paper stage 3: 4); the job's ranks must be a multiple")
 

@@ -13,11 +13,8 @@ the paper's stages 1–2 train on 256px latents, stage 3 on 768px ones). For eac
    scale, so DiT training uses it as is (`dit_scale` says so in every row) and a sample decodes
    with `ae.decode(ae.from_dit(z))`.
 
-The latent is stored as raw little-endian bytes of `storage_dtype` with its dtype and shape in
-their own columns (`read_latent` turns a row back into a tensor). Raw bytes rather than a
-float list: a list column holds one dtype, and Arrow has no bfloat16; bytes keep whichever
-dtype the params ask for (bfloat16 halves the table; float32 round-trips exactly) at its exact
-size, and `torch.frombuffer` reads them without a copy per element.
+The latent is stored as raw bytes of `storage_dtype` (osora.data.tensor_bytes) with its dtype
+and shape in their own columns (`read_latent` turns a row back into a tensor).
 
 Images (clips of one frame) go to the 1-frame bucket of a set whose `frames` list 1, and only
 there (osora.train.buckets): the image is decoded, resized and cropped like a clip's frames, and
@@ -35,23 +32,24 @@ the numbers (AE model, tiling, buckets, frame decoding) are the operator's finge
 (`describe`): retrained weights or changed code re-encode everything instead of reusing the
 runner's work log.
 
-Cached text embeddings are not stored yet: they come with the text encoders (T5, CLIP) of the
-DiT issue, as further columns of this table.
+The captions' text embeddings are a table of their own (osora.data.text_embeds), keyed by the
+text encoder and the text: a caption shared by many clips is stored once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from osora.data.clip_file import with_clip_file
-from osora.data.operator import Operator, OperatorError, Row
+from osora.data.operator import Operator, OperatorError, Row, code_fingerprint
+from osora.data.tensor_bytes import (
+    check_storage_dtype,
+    tensor_from_bytes,
+    tensor_to_bytes,
+)
 from osora.fileio import file_sha256
 from osora.schemas import schema_of
 from osora.train.buckets import Bucket, BucketSpec, parse_ratio
@@ -65,7 +63,6 @@ if TYPE_CHECKING:
     from osora.models.autoencoder import AutoencoderSpec
     from osora.store import Store
 
-STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # -- images without a 1-frame bucket ----------------------------------------------------------
@@ -123,36 +120,16 @@ def weights_path(ae: AEParams, trained: str | Path) -> Path:
     return Path(ae.autoencoder.weights or trained)
 
 
-def _source_sha256(*modules: str) -> str:
-    """Hash of the source files of `modules`: code that decides the latents' values."""
-    import importlib
-
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 # -- latent bytes --------------------------------------------------------------------------------
-
-
-def _check_little_endian() -> None:
-    if sys.byteorder != "little":  # x86-64 and aarch64 are little-endian
-        raise RuntimeError("latent bytes are little-endian; this host is big-endian")
 
 
 def latent_columns(z: torch.Tensor, storage_dtype: str) -> dict[str, Any]:
     """The latent columns of a row for latent `z` (C, T', H', W'), stored as `storage_dtype`."""
-    import torch
-
-    if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage dtype {storage_dtype!r}: use one of {STORAGE_DTYPES}")
+    check_storage_dtype(storage_dtype)
     if z.ndim != 4:
         raise ValueError(f"a latent is (C, T', H', W'), got shape {tuple(z.shape)}")
-    _check_little_endian()
-    flat = z.detach().to("cpu", getattr(torch, storage_dtype)).contiguous().reshape(-1)
     return {
-        "latent": flat.view(torch.uint8).numpy().tobytes(),
+        "latent": tensor_to_bytes(z, storage_dtype),
         "latent_dtype": storage_dtype,
         "latent_shape": [int(s) for s in z.shape],
     }
@@ -162,21 +139,11 @@ def read_latent(row: Row) -> torch.Tensor:
     """The latent of a `latents_<level>` row as a tensor (C, T', H', W') of its stored dtype,
     in the DiT's scale when the row's `dit_scale` is true (always, for rows this module
     wrote). ValueError naming the row when its bytes do not match its dtype and shape."""
-    import torch
-
-    name, shape = row.get("latent_dtype"), tuple(row.get("latent_shape") or ())
-    if name not in STORAGE_DTYPES:
-        raise ValueError(f"latent {row.get('id')}: unknown dtype {name!r} ({STORAGE_DTYPES})")
-    dtype = getattr(torch, name)
-    data = row["latent"]
-    want = math.prod(shape) * dtype.itemsize
-    if len(shape) != 4 or len(data) != want:
-        raise ValueError(
-            f"latent {row.get('id')}: {len(data)} bytes do not hold a {name} tensor of shape "
-            f"{shape} ({want} bytes); the row is corrupt, rerun the latents stage"
-        )
-    _check_little_endian()
-    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    shape = tuple(row.get("latent_shape") or ())
+    what, fix = f"latent {row.get('id')}", "the row is corrupt, rerun the latents stage"
+    if len(shape) != 4:
+        raise ValueError(f"{what}: shape {shape} is not (C, T', H', W'); {fix}")
+    return tensor_from_bytes(row["latent"], row.get("latent_dtype"), shape, what=what, fix=fix)
 
 
 # -- frames ----------------------------------------------------------------------------------------
@@ -268,7 +235,7 @@ class LatentEncoder(Operator):
             "autoencoder": kind,
             "dcae": self.ae_params.dcae if kind == "dcae" else None,
             "ae_sha256": self.ae_sha256,
-            "code": _source_sha256(model, "osora.models.tiling", "osora.train.buckets",
+            "code": code_fingerprint(model, "osora.models.tiling", "osora.train.buckets",
                                    "osora.media.frames"),
         }
 

@@ -25,13 +25,18 @@ treated as the fault: `environment_cause` looks through the exception chain.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 from osora.errors import EnvironmentFault, environment_cause, is_transient
 
 __all__ = [
-    "EnvironmentFault", "Operator", "OperatorError", "Row", "environment_cause", "is_transient",
+    "EnvironmentFault", "Operator", "OperatorError", "Row", "code_fingerprint",
+    "environment_cause", "is_transient",
 ]
 
 Row = dict[str, Any]
@@ -66,3 +71,12 @@ class Operator(ABC):
         """What determines this operator's output besides its input (for resumption: work
         done under other settings is not reused). Defaults to the instance's attributes."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def code_fingerprint(*modules: str) -> str:
+    """Hash of the source files of `modules`, for an operator's `describe`: code that decides
+    the output's values, so changing it redoes the work instead of reusing the work log."""
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())
+    return digest.hexdigest()[:16]

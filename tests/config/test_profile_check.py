@@ -226,7 +226,8 @@ def test_a_training_stage_stops_on_a_broken_rule_before_it_trains(tmp_path):
     root = project(tmp_path, drop_16)
     done = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "dit_train.py"), "--stage", "stage1",
-         "--latents", "lineage/latents.json", "--models", "models/dit", "--metrics", "m.json",
+         "--latents", "lineage/latents.json", "--texts", "lineage/text_embeds.json",
+         "--models", "models/dit", "--metrics", "m.json",
          "--curve", "c.csv"], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "dit_stage1: the params break 1 rule(s)" in done.stderr

@@ -41,8 +41,9 @@ def test_latents_source_is_osoras_latent_batches(tmp_path, monkeypatch):
     from torchtitan.config import JobConfig
 
     from osora.config import load_settings
+    from osora.data.text_embeds import NULL_TEXT, embedding_row, text_key
     from osora.models.text import build_text_encoder
-    from osora.schemas import LATENTS
+    from osora.schemas import LATENTS, TEXT_EMBEDS
     from osora.store import Store
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import bucket_rules
@@ -62,13 +63,21 @@ def test_latents_source_is_osoras_latent_batches(tmp_path, monkeypatch):
             for i in range(size)]
     store, table = Store.from_settings(settings.store), f"latents_{stage.latents}"
     version = store.write(table, pa.Table.from_pylist(rows, schema=LATENTS))
+    encoder = build_text_encoder(settings.dit.text)
+    texts = [NULL_TEXT, *(r["text"] for r in rows)]  # stage 1 reads the text_embed table
+    emb = encoder.encode(texts)
+    store.write("text_embeds", pa.Table.from_pylist(
+        [embedding_row(text_key(encoder.identity, t), t, encoder.identity, emb.seq[i],
+                       emb.mask[i], emb.pooled[i], "float32") for i, t in enumerate(texts)],
+        schema=TEXT_EMBEDS))
+    assert stage.text_source == "table"
     config = JobConfig()
     config.osora = Osora(source="latents", profile="tiny", stage="stage1")
     config.model.name, config.model.flavor = "osora_mmdit", "tiny"
     inputs, labels = next(iter(build_osora_dataloader(1, 0, None, config)))
     text = settings.dit.text
     want = LatentBatches(LatentTable(store, table, version),
-                         OnlineText(build_text_encoder(text)),
+                         OnlineText(encoder),
                          bucket_rules(settings.buckets, "stage1"), world=1, rank=0, seed=0,
                          text_dropout=settings.dit.conditioning.text_dropout)(0)
     got = from_titan(inputs)
