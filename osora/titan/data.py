@@ -85,8 +85,8 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
     doc). `device` runs the text encoder of an online text source (each batch's texts, as the
     batch is made)."""
     from osora.config import load_settings
-    from osora.lineage import read_receipt
     from osora.data.text_embeds import TABLE as TEXT_TABLE
+    from osora.lineage import read_receipt
     from osora.store import Store
     from osora.train.dit_batches import LatentBatches
     from osora.train.dit_setup import bucket_rules
