@@ -13,8 +13,11 @@ makes `--steps` batches of rank 0 of 2 one after the other (the loader's own rat
 `--step-ms` (the tiny stage-1 step is about 120 ms on 2 cores): the time a step waits for its
 batch is the loader time training sees. `--paper-rows` adds one table of paper-size rows: a
 256px 129-frame clip of the paper profile (HunyuanVideo VAE latent (16, 33, 24, 42), bfloat16,
-1 MiB a row) at that bucket's batch size. Texts get a fixed embedding of the tiny encoder's
-shape: this measures the table reads; online text encoding is the text encoder's own cost.
+1 MiB a row) at that bucket's batch size. Every clip has its own caption, and the captions'
+embeddings (the tiny encoder's shape, 48 × 384 bfloat16: 36 KiB a row) are a `text_embeds`
+table as the text_embed stage writes it, which each step reads by key (`TableText`): the
+loader's reads are one take of latents and one take of texts.
+Online text encoding is the text encoder's own cost, not measured here.
 `--s3-rows` repeats those tiny sizes on a real S3 API (moto's server on 127.0.0.1,
 tests/s3_server.py): every step's take then goes over HTTP.
 
@@ -37,24 +40,12 @@ import torch
 
 TABLE = "latents_bench"
 WRITE_CHUNK = 1000  # rows per written batch
+ENCODER = "bench-encoder"  # the identity the text rows are keyed by
+TEXT_SHAPE = (48, 384)  # the tiny profile's MiniLM: max_length 48, 384 features
 
 
-class FixedText:
-    """Every text's embedding is the same zeros: seq (B, L, D), mask (B, L), pooled (B, D)."""
-
-    def __init__(self, length: int = 16, dim: int = 384):
-        from osora.models.text import TextEmbedding
-
-        self.identity = "fixed"
-        self.null = TextEmbedding(torch.zeros(1, length, dim), torch.ones(1, length, dtype=bool),
-                                  torch.zeros(1, dim))
-
-    def __call__(self, texts):
-        from osora.models.text import TextEmbedding
-
-        n = len(texts)
-        return TextEmbedding(self.null.seq.expand(n, -1, -1), self.null.mask.expand(n, -1),
-                             self.null.pooled.expand(n, -1))
+def caption(i: int) -> str:
+    return f"a synthetic clip {i}"
 
 
 def tiny_shape() -> tuple[tuple[int, int, int], tuple[int, ...], int, str]:
@@ -97,7 +88,7 @@ def write_table(store, rows: int, bucket, latent, dtype: str,
         g = torch.Generator().manual_seed(0)
         for start in range(0, rows, WRITE_CHUNK):
             chunk = [{"id": f"clip{i:09d}", "video_id": f"video{i // 8}",
-                      "text": f"a synthetic clip {i}", "fps": 24.0, "frames": frames,
+                      "text": caption(i), "fps": 24.0, "frames": frames,
                       "height": height, "width": width, "dit_scale": True, "ae_kind": "bench",
                       "ae_sha256": "0" * 64,
                       **latent_columns(torch.randn(latent, generator=g), dtype)}
@@ -109,8 +100,34 @@ def write_table(store, rows: int, bucket, latent, dtype: str,
                        max_rows_per_file=rows_per_file)
 
 
-def measure(root: str, options: dict, version: int, frames: int, batch_size: int,
-            steps: int, ahead: int, step_ms: float) -> dict:
+def write_texts(store, rows: int, rows_per_file: int | None = None) -> int:
+    """The captions' text_embeds table (random bfloat16 embeddings); the version."""
+    import pyarrow as pa
+
+    from osora.data.text_embeds import NULL_TEXT, embedding_row, text_key
+    from osora.data.text_embeds import TABLE as TEXTS
+    from osora.schemas import TEXT_EMBEDS
+
+    length, dim = TEXT_SHAPE
+
+    def batches():
+        g = torch.Generator().manual_seed(1)
+        texts = [NULL_TEXT, *(caption(i) for i in range(rows))]
+        for start in range(0, len(texts), WRITE_CHUNK):
+            chunk = [embedding_row(text_key(ENCODER, t), t, ENCODER,
+                                   torch.randn(length, dim, generator=g),
+                                   torch.ones(length, dtype=torch.bool),
+                                   torch.randn(dim, generator=g), "bfloat16")
+                     for t in texts[start:start + WRITE_CHUNK]]
+            yield pa.RecordBatch.from_pylist(chunk, schema=TEXT_EMBEDS)
+
+    return store.write(TEXTS, pa.RecordBatchReader.from_batches(TEXT_EMBEDS, batches()),
+                       mode="overwrite" if store.exists(TEXTS) else "create",
+                       max_rows_per_file=rows_per_file)
+
+
+def measure(root: str, options: dict, version: int, text_version: int, frames: int,
+            batch_size: int, steps: int, ahead: int, step_ms: float) -> dict:
     """In the child: start-up, `steps` batches of rank 0 of 2 in turn, `steps` more behind
     the prefetcher, and the peak RSS (module doc)."""
     from osora.store import Store
@@ -118,11 +135,14 @@ def measure(root: str, options: dict, version: int, frames: int, batch_size: int
     from osora.train.dit_batches import LatentBatches
     from osora.train.latent_table import LatentTable
     from osora.train.prefetch import Prefetcher
+    from osora.train.text_source import TableText
 
     start = time.perf_counter()
-    table = LatentTable(Store(root, options), TABLE, version)
-    batches = LatentBatches(table, FixedText(), {frames: BucketRule(batch_size)}, world=2,
-                            rank=0, seed=0)
+    store = Store(root, options)
+    table = LatentTable(store, TABLE, version)
+    texts = TableText(store, "text_embeds", text_version, ENCODER)
+    batches = LatentBatches(table, texts, {frames: BucketRule(batch_size)}, world=2, rank=0,
+                            seed=0)
     batches.step_batch(0)  # the first epoch's schedule is part of start-up
     startup = time.perf_counter() - start
     start = time.perf_counter()
@@ -157,8 +177,10 @@ def peak_rss_kib() -> int:
 def run(store, rows: int, shape, args: argparse.Namespace, steps: int | None = None) -> dict:
     bucket, latent, batch_size, dtype = shape
     version = write_table(store, rows, bucket, latent, dtype, args.rows_per_file)
+    text_version = write_texts(store, rows, args.rows_per_file)
     steps = steps or args.steps
     job = {"root": store.root, "options": store.storage_options, "version": version,
+           "text_version": text_version,
            "frames": bucket[0], "batch_size": batch_size, "steps": steps,
            "ahead": args.ahead, "step_ms": args.step_ms}
     child = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(job),

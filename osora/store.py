@@ -490,26 +490,6 @@ class Store:
         return self._pinned(name, version).take(positions, columns=columns)
 
     @_s3_call
-    def lookup(self, name: str, column: str, values: list[str], version: int,
-               columns: list[str] | None = None) -> pa.Table:
-        """The rows whose string `column` is one of `values`, at a pinned `version`, in no
-        particular order: random access by key, through the column's scalar index when it has
-        one (`index`), else a scan."""
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise TypeError(f"lookup in {name!r}: pin a version number, got {version!r}")
-        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in dict.fromkeys(values))
-        return self._pinned(name, version).to_table(
-            columns=columns, filter=f"{column} IN ({quoted})" if values else "false")
-
-    @_s3_call
-    def index(self, name: str, column: str) -> int:
-        """(Re)build a B-tree index on `column` so `lookup` by it reads a few pages instead of
-        scanning the table; returns the version that has it."""
-        dataset = self._open(name)
-        dataset.create_scalar_index(column, "BTREE", replace=True)
-        return self._open(name).version
-
-    @_s3_call
     def version(self, name: str) -> int:
         """The latest version number."""
         return self._open(name).version

@@ -1,8 +1,8 @@
 """DVC stage `text_embed`: the text encoders' outputs for every caption a DiT stage reads from the
 table (params/dit.yaml train.stages.<stage>.text_source: table), written once to the table
-`text_embeds` (osora.data.text_embeds), keyed by encoder and text, with a B-tree index on the key
-for training's per-step lookups. Stages that encode online need nothing here: when none reads
-the table, the stage writes it empty. Resumable like the latents stage (osora.data.runner)."""
+`text_embeds` (osora.data.text_embeds), keyed by encoder and text. Stages that encode online
+need nothing here: when none reads the table, the stage writes it empty. Resumable like the
+latents stage (osora.data.runner)."""
 
 from osora.data.runner import run_operator
 from osora.data.stage import publish, say, stage_cli
@@ -37,8 +37,7 @@ def main() -> None:
         result = run_operator(embedder, inputs, stage=STAGE, store=store, params=runner,
                               retry_quarantined=args.retry_quarantined)
         metrics = {"texts": inputs.num_rows, "captions": len(texts)}
-        publish(run, store, {TABLE: result.rows}, result, args.receipt, args.metrics, metrics,
-                index={TABLE: "id"} if result.rows.num_rows else None)
+        publish(run, store, {TABLE: result.rows}, result, args.receipt, args.metrics, metrics)
 
 
 if __name__ == "__main__":

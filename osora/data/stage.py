@@ -59,13 +59,11 @@ def publish(
     receipt: Path,
     metrics_path: Path,
     metrics: dict[str, float] | None = None,
-    index: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Sync each table (and the run's quarantine) into the store, tag and record the versions,
     log the counts to MLflow and write the receipt and the DVC metrics file. A stage that ran
     several operators passes {name: result}: each quarantine goes to `<name>_quarantine` and
-    the counts are summed. `index` {table: column}: tables that readers look up by a key
-    (`Store.lookup`) get its index before their version is recorded."""
+    the counts are summed."""
     out: dict[str, float] = dict(metrics or {})
     if result is not None:
         results = result if isinstance(result, dict) else {run.stage: result}
@@ -79,8 +77,6 @@ def publish(
     dropped = []
     for name, table in tables.items():
         version, removed = sync_counted(store, name, table)
-        if name in (index or {}):
-            version = store.index(name, index[name])
         run.log_output(store, name, version)
         out[f"rows.{name}"] = table.num_rows
         if removed:

@@ -1,6 +1,6 @@
 """The text_embed stage's table and training's reads of it: stored embeddings equal the encoder's
-(float32 exactly up to batching, bfloat16 to its rounding), keyed by encoder and text, resumed
-from the runner's work log, looked up per step through the key's index locally and on S3, the
+(float32 exactly, bfloat16 to its rounding), keyed by encoder and text, resumed from the
+runner's work log, read per step by key locally and on S3, the
 same DiT batches as encoding online, and missing or corrupt rows named with the table version."""
 
 import pyarrow as pa
@@ -11,7 +11,14 @@ from osora.config import load_settings
 from osora.config.data import RunnerParams
 from osora.data.latents import latent_columns
 from osora.data.runner import run_operator
-from osora.data.text_embeds import TABLE, TextEmbedder, read_embedding, text_inputs, text_key
+from osora.data.text_embeds import (
+    TABLE,
+    TextEmbedder,
+    embedding_row,
+    read_embedding,
+    text_inputs,
+    text_key,
+)
 from osora.models.text import MiniLMEncoder, text_encoder_identity
 from osora.schemas import LATENTS
 from osora.store import Store
@@ -37,13 +44,13 @@ def encoder(text_params):
 
 
 def embed(store, text_params, dtype="float32", texts=TEXTS):
-    """The stage's work: the runner over the distinct texts, synced and indexed; the version."""
+    """The stage's work: the runner over the distinct texts, synced into the store; the
+    version."""
     identity = text_encoder_identity(text_params)
     op = TextEmbedder(text_params, identity, dtype, "cpu")
     result = run_operator(op, text_inputs(texts, identity), stage="text_embed", store=store,
                           params=RUNNER, progress=False)
-    store.sync(TABLE, result.rows, update_matched=True)
-    return store.index(TABLE, "id"), result
+    return store.sync(TABLE, result.rows, update_matched=True), result
 
 
 def test_the_identity_from_params_is_the_loaded_encoders(text_params, encoder):
@@ -120,3 +127,20 @@ def test_a_corrupt_row_is_named(tmp_path, text_params):
     with pytest.raises(ValueError, match=rf"text_embeds@{version}: row {row['id']} .* bytes do "
                                          r"not hold .* rerun the text_embed stage"):
         read_embedding(row, f"{TABLE}@{version}")
+
+
+def test_a_key_clash_in_the_first_64_bits_is_caught(tmp_path, encoder):
+    """A row whose key shares the looked-up key's first 64 bits (and comes first) is refused."""
+    from osora.schemas import TEXT_EMBEDS
+
+    emb = encoder.encode(["", "a"])
+    key = text_key(encoder.identity, "a")
+    rows = [embedding_row(key[:16] + "f" * 16, "impostor", encoder.identity, emb.seq[1],
+                          emb.mask[1], emb.pooled[1], "float32"),
+            *(embedding_row(text_key(encoder.identity, t), t, encoder.identity, emb.seq[i],
+                            emb.mask[i], emb.pooled[i], "float32")
+              for i, t in enumerate(["", "a"]))]
+    store = Store(str(tmp_path / "store"))
+    version = store.write(TABLE, pa.Table.from_pylist(rows, schema=TEXT_EMBEDS))
+    with pytest.raises(ValueError, match="64-bit key clash"):
+        TableText(store, TABLE, version, encoder.identity)(["a"])
