@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from osora.data.text_embeds import NULL_TEXT, read_embedding, text_key
@@ -45,7 +47,8 @@ class TableText:
         self.store, self.table, self.version = store, table, version
         self.identity = identity
         self.origin = self.name = f"{table}@{version}"
-        prefixes = _prefixes(store.read(table, version, columns=["id"]).column("id").to_pylist())
+        ids = store.read(table, version, columns=["id"]).column("id").combine_chunks()
+        prefixes = _prefixes(ids)
         self._order = np.argsort(prefixes, kind="stable")  # sorted index → row position
         self._sorted = prefixes[self._order]
         self.null = self([NULL_TEXT])
@@ -77,21 +80,12 @@ class TableText:
         return TextEmbedding(torch.stack(seq), torch.stack(mask), torch.stack(pooled))
 
 
-def _prefixes(keys: Sequence[str]) -> np.ndarray:
-    """The first 64 bits of each hex key, (N,) uint64."""
-    return np.array([int(k[:16], 16) for k in keys], dtype=np.uint64)
-
-
-def build_text_source(params, stage: str, store: Store, version: int | None,
-                      device: str | torch.device = "cpu") -> OnlineText | TableText:
-    """The text source `params` (osora.config.dit.DiTParams) choose for `stage`: the encoder on
-    `device`, or the `text_embeds` table at `version` (the text_embed stage's receipt pins it)."""
-    from osora.data.text_embeds import TABLE
-    from osora.models.text import build_text_encoder, text_encoder_identity
-
-    if params.train.stages[stage].text_source == "online":
-        return OnlineText(build_text_encoder(params.text, device))
-    if version is None:
-        raise ValueError(f"stage {stage} reads its text embeddings from the {TABLE} table "
-                         "(text_source: table): give the text_embed stage's receipt")
-    return TableText(store, TABLE, version, text_encoder_identity(params.text))
+def _prefixes(keys: Sequence[str] | pa.StringArray) -> np.ndarray:
+    """The first 64 bits of each hex key, (N,) uint64; computed on arrays (no Python object per
+    key), so a table's start-up holds little beyond its key column."""
+    heads = pc.utf8_slice_codeunits(pa.array(keys, pa.string()), 0, 16)  # (N,) 16 hex digits
+    if len(heads) and pc.any(pc.not_equal(pc.utf8_length(heads), 16)).as_py():
+        raise ValueError("a text_embeds key is shorter than 16 hex digits: the table is corrupt; "
+                         "rerun the text_embed stage (dvc repro -f text_embed)")
+    digits = heads.buffers()[2].to_pybytes()[:16 * len(heads)]  # the keys' heads, back to back
+    return np.frombuffer(bytes.fromhex(digits.decode()), ">u8").astype(np.uint64)

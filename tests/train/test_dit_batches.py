@@ -89,7 +89,7 @@ def test_the_same_batches_as_the_in_memory_reference_wherever_the_table_is(encod
         b = LatentBatches(table, OnlineText(encoder), RULES, world=2, rank=rank, seed=0)
         for step in range(4):
             want = reference_items(data, world=2, rank=rank, step=step)
-            assert [table.ids[i] for i in b.step_batch(step).items] == [r["id"] for r in want]
+            assert [table.id_of(i) for i in b.step_batch(step).items] == [r["id"] for r in want]
             batch = at(b, step)
             latent = torch.stack([torch.frombuffer(bytearray(r["latent"]), dtype=torch.float32)
                                   .reshape(r["latent_shape"]) for r in want])
@@ -132,7 +132,7 @@ def test_ranks_share_the_bucket_and_get_their_own_rows(encoder, local):
     for step in range(6):  # crosses an epoch boundary (1 + 1 steps per epoch)
         a, b = r0.step_batch(step), r1.step_batch(step)
         assert a.bucket == b.bucket and not set(a.items) & set(b.items)
-        mine = [by_id[r0.table.ids[i]] for i in a.items]
+        mine = [by_id[r0.table.id_of(i)] for i in a.items]
         batch = at(r0, step)
         assert batch.latent.shape == (len(mine), *SHAPES[a.bucket[0]])
         assert batch.cond is None  # T2V
@@ -189,7 +189,7 @@ def test_a_latent_that_does_not_decode_is_named_with_the_table_version(encoder, 
     data[4]["latent"] = data[4]["latent"][:-4]  # clip04: 4 bytes short
     b = batches(encoder, local, data=data, world=1)
     version = local.version(TABLE)
-    step = next(s for s in range(8) if b.table.ids.index("clip04") in b.step_batch(s).items)
+    step = next(s for s in range(8) if b.table.item_of("clip04") in b.step_batch(s).items)
     with pytest.raises(ValueError, match=rf"{TABLE}@{version}: latent clip04: .* bytes"):
         b(step)
 
