@@ -6,6 +6,8 @@ CPU process in the tiny default, sharded with FSDP2 over several (docs/launch.md
 Rank 0 owns the stage's MLflow run (osora.tracking).
 Resumes from the newest checkpoint of an identical run (same params, same input table) that
 was interrupted; writes the weights (the EMA's when on) as safetensors.
+Only the level's small columns are read up front; each step's windows are decoded from the
+clips it draws, a few steps ahead (osora.train.clip_windows, osora.train.prefetch).
 """
 
 import argparse
@@ -16,7 +18,6 @@ from osora.config import load_settings
 from osora.config.check import require_valid
 from osora.data.split import split_rows
 from osora.launch import process_group_backend
-from osora.lineage import read_receipt
 from osora.paths import workspace_root
 from osora.progress import progress_bar
 from osora.store import Store
@@ -37,12 +38,13 @@ def main() -> None:
 
     import torch
 
-    from osora.train.ae_setup import build_objective, decode_clips, fsdp
+    from osora.train.ae_setup import build_objective, fsdp
     from osora.train.checkpoint import run_folder
-    from osora.train.clip_windows import ClipWindows
+    from osora.train.clip_windows import CLIP_COLUMNS, ClipWindows
     from osora.train.curve import CurveLog
     from osora.train.loop import LoopSettings, train
     from osora.train.parallel import close_distributed, init_distributed
+    from osora.train.prefetch import Prefetcher
     from osora.weights.autoencoder import save_dcae
 
     settings = load_settings()
@@ -55,31 +57,38 @@ def main() -> None:
         torch.cuda.set_device(device)
     with stage_run(STAGE, settings, PARAMS, device=device) as run:
         table = f"pyramid_{params.split.level}"
-        rows = run.read_input(store, args.pyramid, table).to_pylist()
+        ref = run.pin_input(args.pyramid, table)
+        # the small columns only: the pixels are read per step, never the level whole
+        rows = store.read(table, version=ref.version,
+                          columns=[*CLIP_COLUMNS, "video_id"]).to_pylist()
         train_rows, held_out = split_rows(rows, params.split.holdout_fraction)
-        videos = decode_clips(store, train_rows, params.train.short_side)
 
         ae, objective = build_objective(params, device, fsdp(dist.world_size))
-        windows = ClipWindows(videos, params.train.frames, params.train.crop,
-                              params.train.batch_size, params.train.seed, dist.rank)
         t = params.train
+        windows = ClipWindows(train_rows, store, f"{table}@{ref.version}",
+                              short_side=t.short_side, frames=t.frames, crop=t.crop,
+                              batch_size=t.batch_size, seed=t.seed, rank=dist.rank,
+                              cache_bytes=int(t.clip_cache_mib * 2**20))
+        prefetch = Prefetcher(windows, device=device, ahead=t.prefetch_ahead)
         curve = CurveLog(run)
 
-        ref = read_receipt(args.pyramid)[table]
         checkpoints = run_folder(workspace_root() / "checkpoints" / STAGE, params.dcae,
                                  params.split, t, ref.uri, ref.version, dist.world_size)
-        result = train(
-            objective,
-            lambda step: windows(step).to(device),
-            LoopSettings(steps=t.phase1_steps + t.phase2_steps, grad_clip=t.grad_clip,
-                         log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                         precision=t.precision, device=device, seed=t.seed,
-                         warmup_steps=t.warmup_steps, schedule=t.lr_schedule),
-            checkpoint_dir=checkpoints,
-            log=curve,
-            rank=dist.rank,
-            progress=partial(progress_bar, desc=STAGE),  # shown on rank 0
-        )
+        try:
+            result = train(
+                objective,
+                prefetch,
+                LoopSettings(steps=t.phase1_steps + t.phase2_steps, grad_clip=t.grad_clip,
+                             log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                             precision=t.precision, device=device, seed=t.seed,
+                             warmup_steps=t.warmup_steps, schedule=t.lr_schedule),
+                checkpoint_dir=checkpoints,
+                log=curve,
+                rank=dist.rank,
+                progress=partial(progress_bar, desc=STAGE),  # shown on rank 0
+            )
+        finally:
+            prefetch.close()
 
         weights = objective.exported_weights()  # collective: every rank calls
         if dist.rank == 0:

@@ -105,6 +105,12 @@ class AETrainParams(Params):
     distill: DistillParams
     log_every: int = Field(ge=1, description="steps between logged metrics")
     checkpoint_every: int = Field(ge=1, description="steps between resumable checkpoints")
+    prefetch_ahead: int = Field(ge=1, description="steps whose windows are decoded in "
+                                "advance, each by its own thread (osora.train.prefetch)")
+    clip_cache_mib: float = Field(
+        ge=0.0, description="per process: decoded clips kept in memory, least recently used "
+        "evicted; a clip that fits is decoded whole once, a larger one (all at 0) up to each "
+        "window's end per step (osora.train.clip_windows)")
 
     @model_validator(mode="after")
     def _some_steps(self) -> "AETrainParams":

@@ -53,6 +53,15 @@ def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def rgb_frame(frame, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded PyAV frame as (H, W, 3) uint8 RGB, scaled to `size` = (width, height) by
+    libswscale's bicubic filter when given and not already its size. Every reader of training
+    pixels converts through here, so the same frame gives the same bytes whichever reads it."""
+    if size is not None and (frame.width, frame.height) != size:
+        frame = frame.reformat(width=size[0], height=size[1], interpolation="BICUBIC")
+    return frame.to_ndarray(format="rgb24")
+
+
 def read_video(
     path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None
 ) -> np.ndarray:
@@ -65,10 +74,7 @@ def read_video(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if size is not None and (frame.width, frame.height) != size:
-                frame = frame.reformat(width=size[0], height=size[1],
-                                       interpolation="BICUBIC")
-            frames.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
+            frames.append(rgb_frame(frame, size))  # (H, W, 3) uint8
             if max_frames is not None and len(frames) == max_frames:
                 break
     if not frames:

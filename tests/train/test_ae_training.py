@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from clip_files import clip_rows
 
 from osora.config import load_settings
 from osora.models.lpips import LPIPS
+from osora.store import Store
 from osora.train.ae_setup import build_objective
 from osora.train.clip_windows import ClipWindows
 from osora.train.loop import LoopSettings, train
@@ -49,16 +51,21 @@ def all_parts_on(tmp_path: Path):
     return AE.model_copy(update={"train": train_params})
 
 
-def videos(n: int = 3, frames: int = 12, size: int = 40) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, 256, (frames, size, size + 8, 3), dtype=torch.uint8, generator=g)
-            for _ in range(n)]
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[dict]:
+    """Three real clip files (ffmpeg), 12 frames of 48×40, as pyramid rows."""
+    return clip_rows(tmp_path_factory.mktemp("clips"), {f"c{i}": (48, 40, 12) for i in range(3)})
 
 
-def test_phases_and_every_part_from_local_files(tmp_path):
+def windows(rows: list[dict], rank: int = 0) -> ClipWindows:
+    """One 8-frame 32×32 window a step from the clips at their own size."""
+    return ClipWindows(rows, Store(str(Path(rows[0]["uri"]).parent)), "pyramid_t@1",
+                       short_side=None, frames=8, crop=32, batch_size=1, seed=0, rank=rank)
+
+
+def test_phases_and_every_part_from_local_files(tmp_path, clips):
     params = all_parts_on(tmp_path)
     ae, objective = build_objective(params, "cpu")
-    windows = ClipWindows(videos(), frames=8, crop=32, batch_size=1, seed=0)
     seen, logged = [], []
     original = objective.updates
 
@@ -68,8 +75,8 @@ def test_phases_and_every_part_from_local_files(tmp_path):
             yield update
 
     objective.updates = spy
-    train(objective, windows, LoopSettings(steps=4, grad_clip=1.0, log_every=1,
-                                           checkpoint_every=10),
+    train(objective, windows(clips), LoopSettings(steps=4, grad_clip=1.0, log_every=1,
+                                                  checkpoint_every=10),
           log=lambda m, s: logged.append(m))
     assert seen == [(0, "ae"), (1, "ae"), (2, "ae"), (2, "disc"), (3, "ae"), (3, "disc")]
     assert {"l1", "lpips", "distill"} <= set(logged[0]) and "g_hinge" not in logged[0]
@@ -81,7 +88,7 @@ def test_phases_and_every_part_from_local_files(tmp_path):
     assert any(p.grad is not None for p in objective.distill.parameters())
 
 
-def test_each_update_steps_only_its_own_network_on_its_own_loss(tmp_path):
+def test_each_update_steps_only_its_own_network_on_its_own_loss(clips):
     params = AE.model_copy(update={"train": AE.train.model_copy(
         update={"phase1_steps": 0, "phase2_steps": 1})})
     _, objective = build_objective(params, "cpu")
@@ -89,7 +96,7 @@ def test_each_update_steps_only_its_own_network_on_its_own_loss(tmp_path):
     for module in disc.modules():  # no dropout: the reference below draws no random numbers
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
-    batch = ClipWindows(videos(), frames=8, crop=32, batch_size=1, seed=0)(0)
+    batch = windows(clips)(0)
     disc_before = [p.detach().clone() for p in disc.parameters()]
     ae_before = [p.detach().clone() for p in objective.ae.parameters()]
     logged = []
@@ -114,14 +121,14 @@ def test_each_update_steps_only_its_own_network_on_its_own_loss(tmp_path):
     assert {"d_real", "d_fake", "g_hinge"} <= set(logged[0])
 
 
-def test_resume_with_discriminator_and_ema_equals_straight_run(tmp_path):
+def test_resume_with_discriminator_and_ema_equals_straight_run(tmp_path, clips):
     params = AE.model_copy(update={"train": AE.train.model_copy(
         update={"phase1_steps": 1, "phase2_steps": 2, "ema_decay": 0.9})})
-    windows = ClipWindows(videos(), frames=8, crop=32, batch_size=1, seed=0)
+    batches = windows(clips)
 
     def run(steps, folder=None):
         ae, objective = build_objective(params, "cpu")
-        train(objective, windows, LoopSettings(steps=steps, grad_clip=1.0, log_every=10,
+        train(objective, batches, LoopSettings(steps=steps, grad_clip=1.0, log_every=10,
                                                checkpoint_every=2), checkpoint_dir=folder)
         return ae, objective
 
@@ -156,24 +163,7 @@ def test_the_tiny_dcae_learns_a_smooth_video():
     assert after < 0.5 * before, (before, after)
 
 
-def test_windows_are_a_function_of_seed_rank_and_step():
-    clips = videos()
-    a = ClipWindows(clips, frames=8, crop=32, batch_size=2, seed=1)
-    assert a(5).shape == (2, 3, 8, 32, 32)
-    assert -1.0 <= a(5).min() and a(5).max() <= 1.0
-    assert torch.equal(a(5), ClipWindows(clips, 8, 32, 2, seed=1)(5))
-    assert not torch.equal(a(5), a(6))
-    assert not torch.equal(a(5), ClipWindows(clips, 8, 32, 2, seed=1, rank=1)(5))
-
-
-def test_windows_leave_out_small_clips_and_say_when_none_fit():
-    clips = videos() + [torch.zeros(4, 40, 48, 3, dtype=torch.uint8)]
-    assert ClipWindows(clips, frames=8, crop=32, batch_size=1, seed=0).skipped == 1
-    with pytest.raises(ValueError, match="lower ae.train.frames or ae.train.crop"):
-        ClipWindows(clips, frames=8, crop=64, batch_size=1, seed=0)
-
-
-def _sharded_worker(rank: int, port: int, folder: str) -> None:
+def _sharded_worker(rank: int, port: int, folder: str, clips: list[dict]) -> None:
     import os
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -188,10 +178,9 @@ def _sharded_worker(rank: int, port: int, folder: str) -> None:
     params = AE.model_copy(update={"train": AE.train.model_copy(
         update={"phase1_steps": 1, "phase2_steps": 1, "ema_decay": 0.9})})
     ae, objective = build_objective(params, "cpu", fsdp(dist.world_size))
-    windows = ClipWindows(videos(), frames=8, crop=32, batch_size=1, seed=0, rank=dist.rank)
     logged = []
-    train(objective, windows, LoopSettings(steps=2, grad_clip=1.0, log_every=1,
-                                           checkpoint_every=2),
+    train(objective, windows(clips, dist.rank),
+          LoopSettings(steps=2, grad_clip=1.0, log_every=1, checkpoint_every=2),
           checkpoint_dir=Path(folder), log=lambda m, s: logged.append(m), rank=dist.rank)
     full = get_model_state_dict(ae, options=StateDictOptions(full_state_dict=True,
                                                              cpu_offload=True))
@@ -201,7 +190,7 @@ def _sharded_worker(rank: int, port: int, folder: str) -> None:
     close_distributed()
 
 
-def test_ae_training_shards_over_two_gloo_processes(tmp_path):
+def test_ae_training_shards_over_two_gloo_processes(tmp_path, clips):
     """The same objective and loop under FSDP2 on 2 processes (each its own windows): both
     phases run, the checkpoint is written once, and the gathered full weights load into a
     plain DC-AE."""
@@ -211,7 +200,7 @@ def test_ae_training_shards_over_two_gloo_processes(tmp_path):
     from osora.models.dcae import DCAE
     from osora.weights.autoencoder import dcae_config
 
-    mp.spawn(_sharded_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_worker, args=(free_port(), str(tmp_path), clips), nprocs=2, join=True)
     assert (tmp_path / "step_00000002" / ".metadata").is_file()
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     DCAE(dcae_config(AE.dcae)).load_state_dict(full)  # strict: every key, every shape
