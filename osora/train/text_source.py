@@ -89,3 +89,18 @@ def _prefixes(keys: Sequence[str] | pa.StringArray) -> np.ndarray:
                          "rerun the text_embed stage (dvc repro -f text_embed)")
     digits = heads.buffers()[2].to_pybytes()[:16 * len(heads)]  # the keys' heads, back to back
     return np.frombuffer(bytes.fromhex(digits.decode()), ">u8").astype(np.uint64)
+
+
+def build_text_source(params, stage: str, store: Store, version: int | None,
+                      device: str | torch.device = "cpu") -> OnlineText | TableText:
+    """The text source `params` (osora.config.dit.DiTParams) choose for `stage`: the encoder on
+    `device`, or the `text_embeds` table at `version` (the text_embed stage's receipt pins it)."""
+    from osora.data.text_embeds import TABLE
+    from osora.models.text import build_text_encoder, text_encoder_identity
+
+    if params.train.stages[stage].text_source == "online":
+        return OnlineText(build_text_encoder(params.text, device))
+    if version is None:
+        raise ValueError(f"stage {stage} reads its text embeddings from the {TABLE} table "
+                         "(text_source: table): give the text_embed stage's receipt")
+    return TableText(store, TABLE, version, text_encoder_identity(params.text))

@@ -144,3 +144,21 @@ def test_a_key_clash_in_the_first_64_bits_is_caught(tmp_path, encoder):
     version = store.write(TABLE, pa.Table.from_pylist(rows, schema=TEXT_EMBEDS))
     with pytest.raises(ValueError, match="64-bit key clash"):
         TableText(store, TABLE, version, encoder.identity)(["a"])
+
+
+def test_a_stage_gets_the_text_source_its_params_name(tmp_path, text_params):
+    from osora.train.text_source import build_text_source
+
+    settings = load_settings()
+    params = settings.dit.model_copy(update={"text": text_params})
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(ValueError, match="stage stage1 reads its text embeddings from the "
+                                         "text_embeds table.*give the text_embed stage's receipt"):
+        build_text_source(params, "stage1", store, None)
+    version, _ = embed(store, text_params, texts=TEXTS[:1])
+    assert isinstance(build_text_source(params, "stage1", store, version), TableText)
+    stages = {name: stage.model_copy(update={"text_source": "online"})
+              for name, stage in params.train.stages.items()}
+    online = params.model_copy(update={"train": params.train.model_copy(
+        update={"stages": stages})})
+    assert isinstance(build_text_source(online, "stage1", store, None), OnlineText)
