@@ -10,6 +10,7 @@
     osora tune buckets [--profile paper] [--dry-run]   per-bucket batch sizes → params/buckets.yaml
     osora eval study|serve|analyze …   blinded pairwise human-preference studies (RECIPE §7)
     osora report [--run ID …] [--stage NAME …] [--out reports/runs.html]   compare MLflow runs
+    osora dvc-deps --check|--write         dvc.yaml's code deps: each stage's import closure
 """
 
 import argparse
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from osora.commands.cost import add_parser as add_cost
     from osora.commands.data import add_parser as add_data
+    from osora.commands.dvc_deps import add_parser as add_dvc_deps
     from osora.commands.eval import add_parser as add_eval
     from osora.commands.report import add_parser as add_report
     from osora.commands.sample import add_parser as add_sample
@@ -174,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_report(sub)
     add_data(sub)
+    add_dvc_deps(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The one config schema: params/*.yaml validated at load, profiles, environment overrides."""
+"""The one config schema: params/*.yaml validated at load, profiles, the few environment
+overrides allowed (secrets, machine-local keys) and the refusal of every other OSORA_ variable."""
 
 import re
 import shutil
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 from osora.config import SECTIONS, ConfigError, load_settings
+from osora.config.environment import ENVIRONMENT_KEYS, OTHER_VARIABLES
+from osora.config.settings import SETTING_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,17 +87,63 @@ def test_a_stray_params_file_is_an_error(params_dir):
         load_settings(params_dir=params_dir)
 
 
-def test_environment_overrides_one_run(params_dir, monkeypatch):
-    monkeypatch.setenv("OSORA_DATA__SYNTH__SEED", "99")
+def test_a_machine_local_variable_overrides_one_run(params_dir, monkeypatch):
+    monkeypatch.setenv("OSORA_DATA__RUNNER__WORKERS", "7")
     monkeypatch.setenv("OSORA_STORE__URI", "s3://elsewhere/x")
+    monkeypatch.setenv("OSORA_DIT__SAMPLE__DEVICE", "cuda")
     settings = load_settings(params_dir=params_dir)
-    assert settings.data.synth.seed == 99
+    assert settings.data.runner.workers == 7
     assert settings.store.uri == "s3://elsewhere/x"
+    assert settings.dit.sample.device == "cuda"
+
+
+def test_an_output_changing_variable_is_refused_naming_its_params_file(params_dir, monkeypatch):
+    """A seed set in the environment would change the stage's output without DVC seeing it."""
+    monkeypatch.setenv("OSORA_DATA__SYNTH__SEED", "99")
+    with pytest.raises(ConfigError) as err:
+        load_settings(params_dir=params_dir)
+    assert err.value.lines == [
+        "environment OSORA_DATA__SYNTH__SEED: synth.seed changes what stages produce, so only "
+        "params/data.yaml sets it, where DVC tracks it: edit that file, or run "
+        "`dvc exp run -S params/data.yaml:synth.seed=99`"
+    ]
+
+
+def test_every_refused_variable_is_one_line(params_dir, monkeypatch):
+    monkeypatch.setenv("OSORA_TUNE__STEPS", "1")
+    monkeypatch.setenv("OSORA_DATA__SYNTH__SED", "3")
+    with pytest.raises(ConfigError) as err:
+        load_settings(params_dir=params_dir)
+    assert err.value.lines == [
+        "environment OSORA_DATA__SYNTH__SED: unknown; did you mean OSORA_DATA__SYNTH__SEED? "
+        "That one changes what stages produce: set synth.seed in params/data.yaml instead",
+        "environment OSORA_TUNE__STEPS: steps changes what stages produce, so only "
+        "params/tune.yaml sets it, where DVC tracks it: edit that file, or run "
+        "`dvc exp run -S params/tune.yaml:steps=1`",
+    ]
+
+
+def test_variables_that_are_no_setting_are_known(params_dir, monkeypatch):
+    """The captioning key by the name params/data.yaml gives it (any name), and the tests'
+    own variables."""
+    edit(params_dir / "data.yaml",
+         lambda c: c["captions"]["openai"].update(api_key_env="OSORA_QWEN_KEY"))
+    for name in ("OSORA_QWEN_KEY", *OTHER_VARIABLES):
+        monkeypatch.setenv(name, "sk-x")
+    assert load_settings(params_dir=params_dir).data.captions.openai.api_key_env == "OSORA_QWEN_KEY"
+
+
+def test_the_environment_keys_are_settings():
+    """Renaming a key the environment may set must rename it in the allow-list too."""
+    assert set(ENVIRONMENT_KEYS) <= set(SETTING_KEYS)
+    assert {"store.s3.secret_access_key", "data.runner.workers", "dit.train.device"} <= set(
+        ENVIRONMENT_KEYS)
+    assert not any(k.startswith("tune.") or k.endswith((".seed", ".crf")) for k in ENVIRONMENT_KEYS)
 
 
 def test_bad_environment_value_names_the_variable(params_dir, monkeypatch):
-    monkeypatch.setenv("OSORA_DATA__SYNTH__FPS", "fast")
-    expected = r"^environment OSORA_DATA__SYNTH__FPS: synth.fps = 'fast'"
+    monkeypatch.setenv("OSORA_DATA__RUNNER__WORKERS", "many")
+    expected = r"^environment OSORA_DATA__RUNNER__WORKERS: runner.workers = 'many'"
     with pytest.raises(ConfigError, match=expected):
         load_settings(params_dir=params_dir)
 
@@ -127,11 +176,21 @@ def test_config_show_prints_the_resolved_profile_without_secrets(monkeypatch):
 def test_cli_reports_config_errors_in_one_line_and_exit_2():
     import os
 
-    done = osora("config", "show", env={**os.environ, "OSORA_DATA__SYNTH__CRF": "99"})
+    done = osora("config", "show", env={**os.environ, "OSORA_DATA__RUNNER__WORKERS": "9999"})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "osora: environment OSORA_DATA__SYNTH__CRF: synth.crf = '99': "
-        "Input should be less than or equal to 51"
+        "osora: environment OSORA_DATA__RUNNER__WORKERS: runner.workers = '9999': "
+        "Input should be less than or equal to 1024"
+    ]
+
+
+def test_cli_names_the_nearest_variable_for_an_unknown_one():
+    import os
+
+    done = osora("config", "show", env={**os.environ, "OSORA_STORE__URL": "s3://b/p"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "osora: environment OSORA_STORE__URL: unknown; did you mean OSORA_STORE__URI?"
     ]
 
 

@@ -224,6 +224,45 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"
 
 
+def test_a_fresh_clone_pulls_the_run_from_the_remotes(clone, s3_server, tmp_path):
+    """After the run: its lock and metrics committed, `dvc push` to the tiny profile's folder
+    remote and to the paper profile's S3 remote (here on moto's server); a fresh git clone's
+    `dvc status` names the outputs it lacks, `dvc pull` from S3 restores models/, samples/ and
+    reports/, and then `dvc status` reports nothing but ingest, which reruns by design."""
+    sh("git", "add", "-A", cwd=clone)
+    sh("git", "commit", "-q", "-m", "the run: dvc.lock and metrics", cwd=clone)
+    assert "dvc.lock" in sh("git", "ls-files", cwd=clone)
+    folder = tmp_path / "tiny-remote"
+    sh("dvc", "remote", "modify", "--local", "tiny", "url", str(folder), cwd=clone)
+    sh("dvc", "push", cwd=clone)  # the default remote: the tiny profile's folder
+    assert any(folder.rglob("*")), "nothing pushed to the folder remote"
+
+    credentials = {"AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+                   "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key}
+
+    def use_moto(project: Path) -> None:  # the paper remote, pointed at moto's server
+        sh("dvc", "remote", "modify", "--local", "paper", "url",
+           f"s3://{s3_server.bucket}/dvc-{tmp_path.name}", cwd=project)
+        sh("dvc", "remote", "modify", "--local", "paper", "endpointurl",
+           s3_server.endpoint_url, cwd=project)
+
+    use_moto(clone)
+    sh("dvc", "push", "-r", "paper", cwd=clone, env=credentials)
+
+    fresh = tmp_path / "fresh"
+    sh("git", "clone", "-q", str(clone), str(fresh), cwd=tmp_path)
+    missing = json.loads(sh("dvc", "status", "--json", cwd=fresh).splitlines()[-1])
+    assert missing["dit_stage3"] == [{"changed deps": {"models/dit/stage2": "deleted"}},
+                                     {"changed outs": {"models/dit/stage3": "deleted"}}]
+    use_moto(fresh)
+    sh("dvc", "pull", "-r", "paper", cwd=fresh, env=credentials)
+    for out in ("models/ae/dcae.safetensors", "models/dit/stage3/dit.safetensors",
+                "samples/dit", "reports/dit_sample", "reports/vbench", "lineage/latents.json"):
+        assert (fresh / out).exists(), out
+    status = json.loads(sh("dvc", "status", "--json", cwd=fresh).splitlines()[-1])
+    assert status == {"ingest": ["always changed"]}, status
+
+
 def test_training_stages_run_on_two_processes_through_torchrun(clone):
     """The training stages as on a node of 2 GPUs, on 2 gloo processes: `dvc repro` starts them
     through torchrun (params/launch.yaml), FSDP2 shards the AE and every DiT stage, stage 3

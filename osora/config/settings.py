@@ -2,7 +2,8 @@
 
 Each file params/<section>.yaml is one section of `Settings`. A profile other than `tiny` is a
 folder params/profiles/<name>/ of partial files deep-merged over the base files. Environment
-variables override one run without touching the files DVC tracks.
+variables set only secrets and machine-local keys (osora/config/environment.py): what changes a
+stage's output lives in the files DVC tracks, and any other OSORA_ variable stops the load.
 """
 
 import os
@@ -18,6 +19,7 @@ from osora.config.buckets import BucketsParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
 from osora.config.dit import DiTParams
+from osora.config.environment import ENV_DELIMITER, ENV_PREFIX, environment_errors, setting_keys
 from osora.config.eval import EvalParams
 from osora.config.launch import LaunchParams
 from osora.config.store import StoreSettings
@@ -26,8 +28,6 @@ from osora.config.tune import TuneParams
 from osora.config.yaml12 import load_yaml12
 from osora.paths import project_root
 
-ENV_PREFIX = "OSORA_"
-ENV_DELIMITER = "__"
 DEFAULT_PROFILE = "tiny"
 
 
@@ -88,6 +88,7 @@ class Settings(BaseSettings):
 
 
 SECTIONS: tuple[str, ...] = tuple(Settings.model_fields)
+SETTING_KEYS: tuple[str, ...] = tuple(setting_keys(Settings))
 
 
 class ConfigError(ValueError):
@@ -99,7 +100,8 @@ class ConfigError(ValueError):
 
 
 def load_settings(profile: str = DEFAULT_PROFILE, params_dir: Path | None = None) -> Settings:
-    """Read, merge and validate every params file; raise ConfigError on any problem."""
+    """Read, merge and validate every params file, with the OSORA_ variables the environment
+    may set; raise ConfigError on any problem, an OSORA_ variable it may not set included."""
     params_dir = params_dir or project_root() / "params"
     raw = {name: _read_yaml(params_dir / f"{name}.yaml") for name in SECTIONS}
     unexpected = sorted(
@@ -122,10 +124,22 @@ def load_settings(profile: str = DEFAULT_PROFILE, params_dir: Path | None = None
             path = overlay_dir / f"{name}.yaml"
             if path.is_file():
                 raw[name] = _deep_merge(raw[name], _read_yaml(path))
+    refused = environment_errors(os.environ, SETTING_KEYS, _named_secrets(raw))
+    if refused:
+        raise ConfigError(refused)
     try:
         return Settings(**raw)
     except ValidationError as err:
         raise ConfigError(_explain(err, raw, params_dir, profile)) from None
+
+
+def _named_secrets(raw: dict[str, Any]) -> list[str]:
+    """The variable the params name as holding the captioning key (captions.openai.api_key_env):
+    the environment may set it whatever it is called."""
+    node: Any = raw
+    for key in ("data", "captions", "openai", "api_key_env"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return [node] if isinstance(node, str) else []
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dvc_project import REPO, edit_yaml
 
 from osora.config import load_settings
 from osora.config.eval import VBenchParams
@@ -239,13 +241,23 @@ def test_cli_scores_a_folder_of_vbench_videos(videos, tmp_path, monkeypatch, cap
 
     suite = tmp_path / "suite.json"
     suite.write_text(json.dumps(SUITE))
-    monkeypatch.setenv("OSORA_EVAL__VBENCH__PROMPTS", str(suite))
-    monkeypatch.setenv("OSORA_EVAL__VBENCH__VIDEOS_PER_PROMPT", "2")
+    project = _project_with_params(tmp_path / "project")
+    eval_yaml = project / "params" / "eval.yaml"
+    edit_yaml(eval_yaml, lambda p: p["vbench"].update(prompts=str(suite), videos_per_prompt=2))
+    monkeypatch.chdir(project)
     assert main(["eval", "vbench", str(videos), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert f"temporal_flickering: {report['scores']['temporal_flickering']:.4f} (osora)" in out
     assert "total: not evaluated" in out
-    monkeypatch.setenv("OSORA_EVAL__VBENCH__VIDEOS_PER_PROMPT", "3")  # no prompt has index 2
+    edit_yaml(eval_yaml, lambda p: p["vbench"].update(videos_per_prompt=3))  # no index 2
     assert main(["eval", "vbench", str(videos), "--out", str(tmp_path / "again")]) == 2
     assert "4 of the suite's videos are missing" in capsys.readouterr().err
+
+
+def _project_with_params(dest: Path) -> Path:
+    """A folder the CLI takes for the project (params/ and dvc.yaml): params to edit for a test,
+    as the environment may not change what the evaluation produces."""
+    shutil.copytree(REPO / "params", dest / "params")
+    shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
+    return dest

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from dvc_project import edit_yaml
 
 from osora.config import load_settings
 from osora.tune.probe import ProbeRequest, ProbeSetup, run_probe
@@ -72,8 +73,8 @@ def test_osora_tune_buckets_writes_params_and_logs_to_mlflow(tmp_path):
     shutil.copy(repo / "dvc.yaml", project / "dvc.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSORA_", "DVC_"))}
     # the wiring is under test, not timing: a loaded CI machine's step times are noise
-    env.update(OSORA_TUNE__MAX_BATCH="2", OSORA_TUNE__STEPS="1",
-               OSORA_TUNE__TIME_TOLERANCE="100")
+    edit_yaml(project / "params" / "tune.yaml",
+              lambda t: t.update(max_batch=2, steps=1, time_tolerance=100))
     osora = str(Path(sys.executable).parent / "osora")
     done = subprocess.run([osora, "tune", "buckets"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=900)
