@@ -116,6 +116,8 @@ def _results(args: argparse.Namespace) -> int:
     uri = tracking_uri(settings)
     print("MLflow UI (binds 127.0.0.1):")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print("  then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning "
+          "(the runs table with cost and Dataset columns; MLflow 3 opens on GenAI views)")
     _print_previews(root)
     return 0
 

@@ -439,7 +439,13 @@ class Store:
                 f"data, e.g. {duplicates[0].as_py()!r}; deduplicate before syncing"
             )
         if not self.exists(name):
-            return self.write(name, table, mode="create")
+            try:
+                return self.write(name, table, mode="create")
+            except (FileExistsError, OSError):
+                if not self.exists(name):  # no other writer created it: a real failure
+                    raise
+                # another stage (a queued experiment) created it meanwhile: merge into theirs
+                log.info("%s: created by another writer meanwhile; merging", name)
 
         dataset = self._open(name)
         if dataset.schema.names != schema_of(name).names:

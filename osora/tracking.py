@@ -5,10 +5,12 @@
         run.log_metrics({"videos": n})
         run.log_output(store, "videos", version)
 
-Every run carries the DVC stage, the git commit, the table versions it read and wrote, the job's
-size (params parallel.world_size, parallel.nodes) and its cost (wall seconds, device kind and
-count, GPU-hours, CPU-hours, USD) — logged even when the stage fails, because the time was
-spent all the same.
+Every run carries the DVC stage, the git commit (and whether the tree was dirty), under
+`dvc exp run` the DVC experiment's name and baseline revision, the table versions it read (as
+MLflow datasets `<table>@<version>` too) and wrote, the job's size (params
+parallel.world_size, parallel.nodes) and its cost (wall seconds, device kind and count,
+GPU-hours, CPU-hours, USD) — logged even when the stage fails, because the time was spent all
+the same. The experiment is marked as model training (`EXPERIMENT_KIND`).
 
 One run per stage: under torchrun only rank 0 talks to MLflow. The other ranks get an
 `OtherRankRun`, with the same methods, that records nothing (the training loop hands rank 0 the
@@ -27,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -40,6 +43,21 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from osora.store import Store
+
+# MLflow 3's experiment kind for model training, the value the UI's own kind setting writes
+# (GenAI experiments open on traces). The 3.17 UI picks its view by the sidebar's "GenAI /
+# Model training" switch instead, kept per browser: README "Tracking and cost" gives the
+# address that opens the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+# Variables DVC sets for a stage's command under `dvc exp run` (also --temp and queued runs:
+# dvc/repo/experiments/queue/base.py `_stash_exp`), and torchrun for a restarted job.
+ENV_TAGS = (
+    ("DVC_EXP_NAME", "dvc.exp_name"),
+    ("DVC_EXP_BASELINE_REV", "dvc.baseline"),
+    ("TORCHELASTIC_RUN_ID", "torchrun.run_id"),  # every attempt's run, under one id
+    ("TORCHELASTIC_RESTART_COUNT", "torchrun.restart"),
+)
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -74,6 +92,15 @@ def section(settings: Settings, dotted: str) -> BaseModel:
     for part in dotted.split("."):
         node = getattr(node, part)
     return node
+
+
+def public_uri(uri: str) -> str:
+    """`uri` without a user or password (s3://key:secret@bucket/... → s3://bucket/...): what
+    MLflow records must never carry credentials, which belong in the store's settings."""
+    parts = urlsplit(uri)
+    if not parts.scheme or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -114,13 +141,17 @@ class StageRun:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_input(self, ref: TableRef) -> None:
-        """Record that this run read `ref` (lineage: which version fed which run)."""
+        """Record that this run read `ref` (lineage: which version fed which run): the MLflow
+        dataset `<table>@<version>` in context "input" (the UI's Dataset column), and the
+        tags `lance.input.<table>.version/uri` that reports match runs by."""
         import mlflow
+        from osora.lance_dataset import table_dataset
 
         mlflow.set_tags({
             f"lance.input.{ref.table}.version": ref.version,
-            f"lance.input.{ref.table}.uri": ref.uri,
+            f"lance.input.{ref.table}.uri": public_uri(ref.uri),
         })
+        mlflow.log_input(table_dataset(ref), context="input")
 
     def log_weights(self, path: Path, role: str) -> None:
         """Record a weights file this run read or wrote by content: tag
@@ -161,9 +192,9 @@ class StageRun:
         if not earlier:
             store.tag(table, tag, version)
         ref = TableRef(table=table, uri=store.table_uri(table), version=version, tag=tag)
-        mlflow.set_tags({
+        mlflow.set_tags({  # tags: MLflow 3 logs only models as a run's outputs
             f"lance.output.{table}.version": version,
-            f"lance.output.{table}.uri": ref.uri,
+            f"lance.output.{table}.uri": public_uri(ref.uri),
             f"lance.output.{table}.tag": tag,
         })
         self.outputs.append(ref)
@@ -231,34 +262,21 @@ def _logged_run(stage: str, settings: Settings, params_key: str | tuple[str, ...
     if resources.device_count:
         gpu_price(resources.device_kind, settings.cost)  # fails fast on a GPU with no price
     mlflow.set_tracking_uri(tracking_uri(settings))
-    experiment = mlflow.get_experiment_by_name(settings.tracking.experiment)
-    if experiment is None:
-        location = None if settings.tracking.uri else artifact_root()
-        try:
-            mlflow.create_experiment(settings.tracking.experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            pass  # created meanwhile by a concurrent stage
-    mlflow.set_experiment(settings.tracking.experiment)
-
+    _open_experiment(settings)
     tags = {
         "osora.stage": stage,
         "dvc.stage": os.environ.get("DVC_STAGE", stage),
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))),
         "osora.device_kind": resources.device_kind,
+        **{tag: os.environ[env] for env, tag in ENV_TAGS if os.environ.get(env)},
     }
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline"),
-                     # a restarted torchrun job: every attempt's run, under one id
-                     ("TORCHELASTIC_RUN_ID", "torchrun.run_id"),
-                     ("TORCHELASTIC_RESTART_COUNT", "torchrun.restart")):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
 
     start = time.perf_counter()
     with _sigterm_as_exit(), mlflow.start_run(run_name=stage, tags=tags) as active:
         keys = (params_key,) if isinstance(params_key, str) else params_key
         params = {k: v for key in keys for k, v in flatten(key, section(settings, key)).items()}
-        params["store.uri"] = settings.store.uri
+        params["store.uri"] = public_uri(settings.store.uri)
         params["cost.device_kind"] = resources.device_kind
         params["parallel.world_size"] = job.world_size
         params["parallel.nodes"] = job.nodes
@@ -269,6 +287,25 @@ def _logged_run(stage: str, settings: Settings, params_key: str | tuple[str, ...
         finally:
             wall = time.perf_counter() - start
             mlflow.log_metrics(cost_metrics(wall, resources, settings.cost))
+
+
+def _open_experiment(settings: Settings) -> None:
+    """Make the configured experiment the active one: created on first use (the local store's
+    artifacts beside mlflow.db) and marked as model training unless it has a kind already (a
+    kind chosen in the UI stays)."""
+    import mlflow
+
+    name = settings.tracking.experiment
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None if settings.tracking.uri else artifact_root()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a concurrent stage
+    experiment = mlflow.set_experiment(name)
+    key, kind = EXPERIMENT_KIND
+    if key not in experiment.tags:
+        mlflow.set_experiment_tag(key, kind)
 
 
 @contextmanager

@@ -66,6 +66,7 @@ def test_stage_run_logs_params_tags_metrics_and_cost(project, monkeypatch):
     assert logged.data.params["data.synth.crf"] == str(settings.data.synth.crf)
     assert logged.data.tags["dvc.stage"] == "synth"
     assert logged.data.tags["git.commit"] == "unknown"  # the throwaway project is no git repo
+    assert "dvc.exp_name" not in logged.data.tags  # not under `dvc exp run`
     assert logged.data.metrics["videos"] == 17
     m = logged.data.metrics
     assert m["cost.wall_seconds"] > 0
@@ -77,6 +78,64 @@ def test_stage_run_logs_params_tags_metrics_and_cost(project, monkeypatch):
     assert [a.path for a in client.list_artifacts(logged.info.run_id)] == ["note.txt"]
     everything = str(logged.data.params) + str(logged.data.tags)
     assert "hunter2-secret" not in everything
+
+
+def test_dvc_experiment_variables_become_tags(project, monkeypatch):
+    """What `dvc exp run` sets for a stage's command (tests/test_experiments.py runs a real
+    one)."""
+    monkeypatch.setenv("DVC_EXP_NAME", "pawky-bags")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "c0ffee" * 6 + "abcd")
+    settings = load_settings()
+    with stage_run("synth", settings, "data.synth"):
+        pass
+    _, logged = only_run(settings)
+    assert logged.data.tags["dvc.exp_name"] == "pawky-bags"
+    assert logged.data.tags["dvc.baseline"] == "c0ffee" * 6 + "abcd"
+
+
+def test_the_experiment_is_marked_as_model_training_unless_it_has_a_kind(project, monkeypatch):
+    """MLflow 3 experiments of kind GenAI open on traces; osora's are model training. An
+    experiment made before (no kind) gets the kind; a kind chosen in the UI stays."""
+    from osora.tracking import EXPERIMENT_KIND
+
+    key, _ = EXPERIMENT_KIND
+    client = client_for(load_settings())
+    client.create_experiment("older", artifact_location=(project / "a").as_uri())
+    client.create_experiment("chosen", artifact_location=(project / "b").as_uri(),
+                             tags={key: "genai_development"})
+    kinds = {}
+    for name in ("new", "older", "chosen"):
+        monkeypatch.setenv("OSORA_TRACKING__EXPERIMENT", name)
+        with stage_run("synth", load_settings(), "data.synth"):
+            pass
+        kinds[name] = client.get_experiment_by_name(name).tags.get(key)
+    assert kinds == {"new": "custom_model_development", "older": "custom_model_development",
+                     "chosen": "genai_development"}
+
+
+def test_no_credentials_reach_mlflow_from_an_s3_store(project, s3_server):
+    """The S3 store's keys live in its settings, never in a URI MLflow records; a URI that
+    carries a user and password loses them."""
+    from osora.lineage import TableRef
+    from osora.schemas import schema_of
+    from osora.store import Store
+    from osora.tracking import public_uri
+
+    store = Store.from_settings(s3_server.store_settings("tracking"))
+    rows = pa.Table.from_pylist([{"id": "a" * 32, "uri": "/x.mp4"}], schema=schema_of("videos"))
+    ref = TableRef("videos", store.table_uri("videos"), store.sync("videos", rows, key="id"))
+    settings = load_settings()
+    with stage_run("preprocess", settings, "data.preprocess") as run:
+        run.log_input(ref)
+    _, logged = only_run(settings)
+    (read,) = logged.inputs.dataset_inputs
+    source = json.loads(read.dataset.source)
+    assert source["uri"] == f"s3://{s3_server.bucket}/tracking/videos.lance"
+    recorded = str(logged.data.params) + str(logged.data.tags) + str(logged.inputs)
+    assert s3_server.secret_access_key not in recorded
+    assert s3_server.access_key_id not in recorded
+    assert public_uri("s3://KEY:SECRET@bucket/p/videos.lance") == "s3://bucket/p/videos.lance"
+    assert public_uri("/data/store/videos.lance") == "/data/store/videos.lance"
 
 
 def test_failed_stage_still_logs_its_cost(project):
@@ -115,6 +174,22 @@ def test_output_tables_are_tagged_and_recorded_as_lineage(project):
     assert logged.data.tags["lance.output.videos.version"] == str(version)
     assert read_receipt(project / "lineage" / "ingest.json") == {"videos": ref}
     assert store.read("videos", version=ref.tag).num_rows == 1
+
+    # The input is an MLflow dataset too: the UI's Dataset column, a filter, a loadable source.
+    (read,) = consumer.inputs.dataset_inputs
+    assert read.dataset.name == f"videos@{version}"
+    assert read.dataset.source_type == "lance"
+    assert json.loads(read.dataset.source) == {"uri": store.table_uri("videos"),
+                                               "version": version}
+    assert len(read.dataset.digest) == 8
+    assert {t.key: t.value for t in read.tags} == {"mlflow.data.context": "input"}
+    assert logged.inputs.dataset_inputs == []  # ingest reads files, not tables
+    found = client.search_runs([experiment.experiment_id],
+                               filter_string=f"dataset.name = 'videos@{version}'")
+    assert [r.info.run_id for r in found] == [consumer.info.run_id]
+    import mlflow.data
+
+    assert mlflow.data.get_source(read).load().count_rows() == 1
 
 
 def test_a_rerun_that_changes_nothing_writes_the_same_receipt(project):

@@ -23,9 +23,11 @@ class Report:
 
 
 def build_report(client, uri: str, experiment: str, run_ids: list[str], stages: list[str],
-                 last: int = 5) -> Report:
-    """The report on the runs `select_runs` picks (see there)."""
-    runs = select_runs(client, uri, experiment, run_ids, stages, last)
+                 last: int = 5, dvc_exp: str | None = None) -> Report:
+    """The report on the runs `select_runs` picks (see there). Evaluations link to training
+    runs of any DVC experiment: one that reran only the evaluation scored the model an earlier
+    run trained."""
+    runs = select_runs(client, uri, experiment, run_ids, stages, last, dvc_exp)
     training = [r for r in runs if r.is_training]
     evaluations = _evaluations(client, [r for r in runs if evals.is_evaluation(r)])
 
@@ -39,7 +41,9 @@ def build_report(client, uri: str, experiment: str, run_ids: list[str], stages: 
         sections += tables.evaluation_tables(evaluations)
         sections += _plot("cost_vs_score", "Training cost against evaluation scores",
                           plots.cost_score_figure(evaluations))
-    notes = (f"Tracking store: {uri}", f"Experiment: {experiment}",
+    notes = (f"Tracking store: {uri}", f"MLflow experiment: {experiment}",
+             *([f"DVC experiment: {dvc_exp} (the stages it ran; `dvc exp show` has its "
+                "metrics)"] if dvc_exp else []),
              "An evaluation is linked to the training runs that wrote the weights it loaded, "
              "back to a fresh start (sha256 tags); runs without those tags, to the newest "
              "training run of each stage that finished before it and recorded the same params "

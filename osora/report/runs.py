@@ -1,5 +1,9 @@
 """The MLflow runs a report compares, read once from the tracking store into plain records:
-params, the last value of every metric, tags, and the per-step curves that get plotted."""
+params, the last value of every metric, tags, and the per-step curves that get plotted.
+
+Runs of one DVC experiment are those stage_run tagged `dvc.exp_name` under `dvc exp run`: the
+stages that experiment ran, not those it skipped as unchanged (their runs belong to an earlier
+experiment or `dvc repro`)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ LOSS = "loss_metrics/global_avg_loss"  # every training loop logs it (torchtitan
 THROUGHPUT = "throughput_tps"  # tokens/s per device: torchtitan's throughput(tps) in MLflow
 CURVES = (LOSS, THROUGHPUT)
 FINISHED = "attributes.status = 'FINISHED'"
+EXP_TAG = "dvc.exp_name"  # osora.tracking.ENV_TAGS: the DVC experiment a run belongs to
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,10 @@ class Run:
     def is_training(self) -> bool:
         return LOSS in self.metrics
 
+    @property
+    def dvc_exp(self) -> str | None:
+        return self.tags.get(EXP_TAG)
+
 
 def connect(uri: str):
     """An MlflowClient on `uri`; a local sqlite store must exist already (reading must not
@@ -56,15 +65,17 @@ def experiment_id(client, uri: str, name: str) -> str:
     if experiment is None:
         known = ", ".join(e.name for e in client.search_experiments()) or "none"
         raise ValueError(f"no MLflow experiment {name!r} in {uri} (experiments: {known}): "
-                         "run the pipeline first (`dvc repro`) or pass --experiment")
+                         "run the pipeline first (`dvc repro`) or pass --mlflow-experiment")
     return experiment.experiment_id
 
 
 def select_runs(client, uri: str, experiment: str, run_ids: Iterable[str] = (),
-                stages: Iterable[str] = (), last: int = 5) -> list[Run]:
+                stages: Iterable[str] = (), last: int = 5, dvc_exp: str | None = None
+                ) -> list[Run]:
     """Runs by id (any status, any experiment), plus the newest `last` finished runs of each
-    named stage; with neither, the newest finished run of every stage in `experiment`.
-    Training runs come with their loss and throughput curves."""
+    named stage; with neither, the newest finished run of every stage in `experiment`; with
+    `dvc_exp`, of that DVC experiment's runs only. Training runs come with their loss and
+    throughput curves."""
     from mlflow.exceptions import MlflowException
 
     run_ids, stages = list(run_ids), list(stages)
@@ -76,22 +87,54 @@ def select_runs(client, uri: str, experiment: str, run_ids: Iterable[str] = (),
             raise ValueError(f"no MLflow run {run_id!r} in {uri}: copy the id from the MLflow "
                              "UI or `osora report` without --run") from None
     if stages or not run_ids:
-        by_stage: dict[str, list] = {}  # newest first
-        for run in _search(client, experiment_id(client, uri, experiment), FINISHED):
-            by_stage.setdefault(_stage(run), []).append(run)
-        if not by_stage:
-            raise ValueError(f"no finished runs in experiment {experiment!r} at {uri}: run the "
-                             "pipeline first (`dvc repro`)")
+        by_stage = _finished_by_stage(client, uri, experiment, dvc_exp)
         for stage in stages:
             if stage not in by_stage:
+                where = f" (DVC experiment {dvc_exp!r})" if dvc_exp else ""
                 raise ValueError(f"no finished run of stage {stage!r} in experiment "
-                                 f"{experiment!r} at {uri} (stages with runs: "
+                                 f"{experiment!r}{where} at {uri} (stages with runs: "
                                  f"{', '.join(sorted(by_stage))}): run it first")
             picked += by_stage[stage][:last]
         if not stages:
             picked += [runs[0] for runs in by_stage.values()]
     unique = {run.info.run_id: run for run in picked}
     return [_with_curves(client, _record(run)) for run in unique.values()]
+
+
+def _finished_by_stage(client, uri: str, experiment: str, dvc_exp: str | None
+                       ) -> dict[str, list]:
+    """The finished runs of `experiment` (of DVC experiment `dvc_exp` only, if given) by
+    stage, newest first; none is an error that says what there is."""
+    exp_id = experiment_id(client, uri, experiment)
+    finished = f"{FINISHED} and {exp_filter(dvc_exp)}" if dvc_exp else FINISHED
+    by_stage: dict[str, list] = {}
+    for run in _search(client, exp_id, finished):
+        by_stage.setdefault(_stage(run), []).append(run)
+    if not by_stage and dvc_exp:
+        known = ", ".join(dvc_experiments(client, exp_id)) or "none"
+        raise ValueError(f"no finished runs of DVC experiment {dvc_exp!r} in experiment "
+                         f"{experiment!r} at {uri} (DVC experiments with runs: {known}): "
+                         "`dvc exp show` lists the names")
+    if not by_stage:
+        raise ValueError(f"no finished runs in experiment {experiment!r} at {uri}: run the "
+                         "pipeline first (`dvc repro`)")
+    return by_stage
+
+
+def exp_filter(dvc_exp: str) -> str:
+    """The search filter for the runs of DVC experiment `dvc_exp` (MLflow's filters have no
+    escapes: a name holding one kind of quote is quoted with the other)."""
+    quote = '"' if "'" in dvc_exp else "'"
+    if quote in dvc_exp:
+        raise ValueError(f"DVC experiment {dvc_exp!r}: a name with both ' and \" cannot be "
+                         "searched for in MLflow; rename it (`dvc exp rename`)")
+    return f"tags.`{EXP_TAG}` = {quote}{dvc_exp}{quote}"
+
+
+def dvc_experiments(client, exp_id: str) -> list[str]:
+    """The DVC experiments that have runs in an MLflow experiment, sorted."""
+    tagged = _search(client, exp_id, f"tags.`{EXP_TAG}` LIKE '%'")
+    return sorted({run.data.tags[EXP_TAG] for run in tagged})
 
 
 def finished_training_runs(client, exp_id: str) -> list[Run]:

@@ -20,16 +20,17 @@ class Table:
 
 
 def runs_table(runs: list[Run]) -> Table:
-    """Every selected run: where it came from (git commit, `*` for a dirty tree) and its cost."""
+    """Every selected run: where it came from (git commit, `*` for a dirty tree; the DVC
+    experiment, if any) and its cost."""
     rows = []
     for r in runs:
         commit = r.tags.get("git.commit", "")[:10]
         dirty = "*" if r.tags.get("git.dirty") == "True" else ""
         rows.append((r.stage, r.short_id, r.status, _utc(r.start_ms), commit + dirty,
-                     r.metrics.get("cost.wall_seconds"), r.metrics.get("cost.gpu_hours"),
-                     r.metrics.get("cost.usd")))
-    return Table("Runs", ("stage", "run", "status", "started (UTC)", "commit", "wall s",
-                          "GPU-hours", "USD"), rows)
+                     r.dvc_exp, r.metrics.get("cost.wall_seconds"),
+                     r.metrics.get("cost.gpu_hours"), r.metrics.get("cost.usd")))
+    return Table("Runs", ("stage", "run", "status", "started (UTC)", "commit", "DVC experiment",
+                          "wall s", "GPU-hours", "USD"), rows)
 
 
 def training_table(runs: list[Run]) -> Table:

@@ -14,7 +14,7 @@ from osora.cli import main
 from osora.report import evals, plots
 from osora.report.build import build_report
 from osora.report.render import cell
-from osora.report.runs import LOSS, THROUGHPUT, finished_training_runs, select_runs
+from osora.report.runs import LOSS, THROUGHPUT, exp_filter, finished_training_runs, select_runs
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "osora"  # params/tracking.yaml's, which the CLI reads
@@ -47,7 +47,7 @@ def log_run(client, exp, stage, start, end, params, metrics=None, curves=None, t
 def store(tmp_path_factory):
     """Two dit_stage1 runs of different seeds (A then B), a dit_stage2 run C of B's seed, an
     ae_train run, evaluations E1 (after A only) and E2, V (after B and C), and a newer failed
-    dit_stage2 run."""
+    dit_stage2 run. A ran in DVC experiment seed-1; B, C, V and the failed run in seed-2."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -55,25 +55,30 @@ def store(tmp_path_factory):
     seed1 = {**DIT, "dit.train.seed": 1}
     seed2 = {**DIT, "dit.train.seed": 2}
     latents = {"lance.input.latents_low.version": "3"}
+    exp1, exp2 = {"dvc.exp_name": "seed-1"}, {"dvc.exp_name": "seed-2"}
     ids = {
         "A": log_run(client, exp, "dit_stage1", 0, 100, seed1, {"cost.usd": 0.5,
-                     "cost.gpu_hours": 0.25}, {LOSS: LOSS_A, THROUGHPUT: TPS_A}, latents),
+                     "cost.gpu_hours": 0.25}, {LOSS: LOSS_A, THROUGHPUT: TPS_A},
+                     {**latents, **exp1}),
         "ae": log_run(client, exp, "ae_train", 50, 120, {"ae.dcae.widths": "[8]",
                       "store.uri": "data/store"}, {"cost.usd": 9.0},
                       {LOSS: [(1, 0.3)]}, {"lance.input.pyramid_all.version": "2"}),
         "E1": log_run(client, exp, "dit_sample", 150, 160, seed1, {
             "colour_accuracy": 0.5, "direction_accuracy": 0.25, "cost.usd": 0.01}, tags=latents),
         "B": log_run(client, exp, "dit_stage1", 200, 300, seed2, {"cost.usd": 0.75,
-                     "cost.gpu_hours": 0.5}, {LOSS: LOSS_B, THROUGHPUT: TPS_B}, latents),
+                     "cost.gpu_hours": 0.5}, {LOSS: LOSS_B, THROUGHPUT: TPS_B},
+                     {**latents, **exp2}),
         "C": log_run(client, exp, "dit_stage2", 400, 500, seed2, {"cost.usd": 1.0,
-                     "cost.gpu_hours": 1.0}, {LOSS: [(5, 0.6), (10, 0.5)]}, latents),
+                     "cost.gpu_hours": 1.0}, {LOSS: [(5, 0.6), (10, 0.5)]},
+                     {**latents, **exp2}),
         "E2": log_run(client, exp, "dit_sample", 600, 650, seed2, {
             "colour_accuracy": 0.75, "direction_accuracy": 0.5, "temporal_flickering": 0.95,
             "cost.usd": 0.02}, tags=latents),
         "V": log_run(client, exp, "vbench", 700, 800, seed2, {
-            "vbench/total": 0.8, "vbench/temporal_flickering": 0.97, "vbench/videos": 4.0}),
+            "vbench/total": 0.8, "vbench/temporal_flickering": 0.97, "vbench/videos": 4.0},
+            tags=exp2),
         "failed": log_run(client, exp, "dit_stage2", 900, 950, seed2, {"cost.usd": 0.1},
-                          {LOSS: [(1, 9.0)]}, latents, status="FAILED"),
+                          {LOSS: [(1, 9.0)]}, {**latents, **exp2}, status="FAILED"),
     }
     return uri, client, ids
 
@@ -109,6 +114,31 @@ def test_stage_selection_overlays_its_runs_one_line_each(store):
     assert len(stage2.lines) == 1
     only_a = select_runs(client, uri, EXPERIMENT, stages=["dit_stage1"], last=1)
     assert [r.run_id for r in only_a] == [ids["B"]]
+
+
+def test_a_dvc_experiment_selects_the_runs_it_made(store):
+    """--experiment: the stages a DVC experiment ran (tag dvc.exp_name), newest finished run
+    of each; the MLflow UI filters on the same expression."""
+    uri, client, ids = store
+    runs = select_runs(client, uri, EXPERIMENT, dvc_exp="seed-2")
+    assert {r.stage: r.run_id for r in runs} == {
+        "dit_stage1": ids["B"], "dit_stage2": ids["C"], "vbench": ids["V"]}
+    (a,) = select_runs(client, uri, EXPERIMENT, stages=["dit_stage1"], dvc_exp="seed-1")
+    assert a.run_id == ids["A"] and a.dvc_exp == "seed-1"
+    with pytest.raises(ValueError, match=r"DVC experiment 'seed-3'.*with runs: seed-1, seed-2"):
+        select_runs(client, uri, EXPERIMENT, dvc_exp="seed-3")
+    with pytest.raises(ValueError, match=r"stage 'ae_train' in experiment 'osora' \(DVC "
+                                         r"experiment 'seed-1'\).*dit_stage1"):
+        select_runs(client, uri, EXPERIMENT, stages=["ae_train"], dvc_exp="seed-1")
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    found = client.search_runs([experiment_id], filter_string=exp_filter("seed-1"))
+    assert [r.info.run_id for r in found] == [ids["A"]]
+
+
+def test_experiment_names_with_quotes_are_searched_with_the_other_quote():
+    assert exp_filter("bob's") == "tags.`dvc.exp_name` = \"bob's\""
+    with pytest.raises(ValueError, match="rename it"):
+        exp_filter("bob's \"b\"")
 
 
 def test_evaluations_link_to_the_training_runs_of_their_params_before_them(store):
@@ -168,6 +198,17 @@ def test_html_report_is_self_contained_with_the_numbers_and_plots(cli_env, tmp_p
     assert ids["failed"][:8] not in page
 
 
+def test_the_report_of_a_dvc_experiment_holds_its_runs_only(cli_env, tmp_path):
+    _, _, ids = cli_env
+    out = tmp_path / "seed-1.md"
+    assert main(["report", "--experiment", "seed-1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "DVC experiment: seed-1" in text
+    assert f"| dit_stage1 | {ids['A'][:8]} | FINISHED |" in text
+    assert "| seed-1 |" in text  # the runs table's DVC experiment column
+    assert not [name for name in ("B", "C", "V", "ae") if ids[name][:8] in text]
+
+
 def test_markdown_report_writes_its_plots_beside_it(cli_env, tmp_path):
     out = tmp_path / "runs.md"
     assert main(["report", "--stage", "dit_stage1", "--out", str(out)]) == 0
@@ -186,8 +227,11 @@ def test_unknown_inputs_are_clear_errors(cli_env, tmp_path, capsys):
     assert main(["report", "--stage", "dit_stage9", "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert "dit_stage9" in err and "dit_stage1" in err  # lists the stages that have runs
+    assert main(["report", "--mlflow-experiment", "nope", "--out",
+                 str(tmp_path / "r.html")]) == 2
+    assert "no MLflow experiment 'nope'" in capsys.readouterr().err
     assert main(["report", "--experiment", "nope", "--out", str(tmp_path / "r.html")]) == 2
-    assert "'nope'" in capsys.readouterr().err
+    assert "no finished runs of DVC experiment 'nope'" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path / "r.pdf")]) == 2
     assert ".html" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
