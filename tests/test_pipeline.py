@@ -224,6 +224,12 @@ def test_the_dit_stages_train_and_the_sample_stage_scores_prompt_following(clone
     assert read_sidecar(videos[0])["checkpoint"]["path"] == "models/dit/stage3/dit.safetensors"
 
 
+def dvc_status(project: Path) -> dict:
+    """`dvc status --json`, whose output also carries warnings (a frozen stage's) as lines."""
+    out = sh("dvc", "status", "--json", cwd=project)
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
 def test_a_fresh_clone_pulls_the_run_from_the_remotes(clone, s3_server, tmp_path):
     """After the run: its lock and metrics committed, `dvc push` to the tiny profile's folder
     remote and to the paper profile's S3 remote (here on moto's server); a fresh git clone's
@@ -251,7 +257,7 @@ def test_a_fresh_clone_pulls_the_run_from_the_remotes(clone, s3_server, tmp_path
 
     fresh = tmp_path / "fresh"
     sh("git", "clone", "-q", str(clone), str(fresh), cwd=tmp_path)
-    missing = json.loads(sh("dvc", "status", "--json", cwd=fresh).splitlines()[-1])
+    missing = dvc_status(fresh)
     assert missing["dit_stage3"] == [{"changed deps": {"models/dit/stage2": "deleted"}},
                                      {"changed outs": {"models/dit/stage3": "deleted"}}]
     use_moto(fresh)
@@ -259,7 +265,7 @@ def test_a_fresh_clone_pulls_the_run_from_the_remotes(clone, s3_server, tmp_path
     for out in ("models/ae/dcae.safetensors", "models/dit/stage3/dit.safetensors",
                 "samples/dit", "reports/dit_sample", "reports/vbench", "lineage/latents.json"):
         assert (fresh / out).exists(), out
-    status = json.loads(sh("dvc", "status", "--json", cwd=fresh).splitlines()[-1])
+    status = dvc_status(fresh)
     assert status == {"ingest": ["always changed"]}, status
 
 
