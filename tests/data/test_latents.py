@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 import yaml
+from clip_files import write_clip
 
 from osora.config import load_settings
 from osora.config.ae import LatentsParams
@@ -33,7 +33,6 @@ from osora.data.latents import (
 from osora.data.operator import OperatorError
 from osora.data.runner import fingerprint, run_operator
 from osora.lineage import TableRef, read_receipt, write_receipt
-from osora.media.ffmpeg import encode_frames
 from osora.models.dcae import DCAE
 from osora.models.tiling import TileSpec, tiled_encode
 from osora.schemas import schema_of
@@ -61,19 +60,6 @@ def latents_params(**change) -> LatentsParams:
                                                           if k not in SET_FIELDS}})
 
 
-def make_clip(path: Path, width: int, height: int, frames: int, seed: int) -> Path:
-    """A textured moving clip, H.264 through real ffmpeg."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.integers(0, 256, (3,))
-    out = []
-    for t in range(frames):
-        wave = 127 + 100 * np.sin((xx + 3 * t) / 7.0) * np.cos((yy - 2 * t) / 5.0)
-        frame = np.stack([(wave + b) % 256 for b in base], axis=-1)
-        out.append(frame.astype(np.uint8))  # (H, W, 3)
-    return encode_frames(out, path, 24, crf=18)
-
-
 def pyramid_row(clip_id: str, path: Path, width: int, height: int, frames: int) -> dict:
     return {"id": clip_id, "video_id": f"v-{clip_id}", "uri": str(path), "caption": "waves",
             "text": "waves 24 FPS.", "width": width, "height": height, "fps": 24.0,
@@ -92,7 +78,7 @@ def world(tmp_path_factory):
         "tall": (90, 160, 20),  # 9:16 → bucket 16 × 88 × 48
         "short": (160, 90, 10),  # fewer frames than the smallest bucket (16)
     }
-    rows = [pyramid_row(name, make_clip(root / f"{name}.mp4", w, h, n, seed=i), w, h, n)
+    rows = [pyramid_row(name, write_clip(root / f"{name}.mp4", w, h, n, seed=i), w, h, n)
             for i, (name, (w, h, n)) in enumerate(clips.items())]
     rows.append(pyramid_row("gone", root / "gone.mp4", 160, 90, 40))  # no file
     return root, model, weights, {r["id"]: r for r in rows}
