@@ -4,8 +4,12 @@
     osora config apply paper               write a profile's resolved params into params/
     osora config check [--profile paper] [--stage NAME] [--no-weights]   the rules across files
     osora results                          where the pipeline's results are
-    osora sample --prompt … --checkpoint … [--image …|--video …] [--motion-score N]
+    osora sample --prompt … --checkpoint … [--image …|--video …] [--offload model|sequential]
+    osora sample --plan [--profile paper] [--height … --frames …]   memory per offload mode
     osora weights import opensora_v2|flux SRC DST   released weights → an osora checkpoint
+    osora weights import diffusers DIR DST   an exported diffusers folder → the checkpoint
+    osora weights export diffusers CKPT DIR  a checkpoint → a folder diffusers loads
+    osora weights merge-lora BASE ADAPTER OUT   a LoRA adapter merged into its base
     osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   RECIPE Table 3 from runs / ahead
     osora tune buckets [--profile paper] [--dry-run]   per-bucket batch sizes → params/buckets.yaml
     osora eval study|serve|analyze …   blinded pairwise human-preference studies (RECIPE §7)

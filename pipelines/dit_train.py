@@ -10,6 +10,8 @@ restarted after a hang or slowdown (osora.train.recovery; docs/launch.md):
 Rank 0 owns the stage's MLflow run (osora.tracking).
 Resumes from the newest checkpoint of an identical run; writes the weights as an osora MMDiT
 checkpoint (config and text encoder in its metadata) to <models>/<stage>/dit.safetensors.
+A LoRA stage (`dit_finetune`; docs/finetune.md) also writes its adapter alone to
+<models>/<stage>/lora/, and its dit.safetensors is the base with the adapter merged in.
 """
 
 import argparse
@@ -58,7 +60,12 @@ def main() -> None:
     )
     from osora.train.latent_table import LatentTable
     from osora.train.loop import train
-    from osora.train.parallel import close_distributed, context_layout, init_distributed
+    from osora.train.parallel import (
+        close_distributed,
+        context_layout,
+        init_distributed,
+        offload_backend,
+    )
     from osora.train.prefetch import Prefetcher
     from osora.train.recovery import HANG_EXIT_CODE, RestartRequired
     from osora.train.text_source import build_text_source
@@ -73,7 +80,9 @@ def main() -> None:
     stage = params.train.stages[args.stage]
     name = f"dit_{args.stage}"  # the DVC stage
     store = Store.from_settings(settings.store)
-    dist = init_distributed(process_group_backend(settings.launch, params.train.device))
+    backend = process_group_backend(settings.launch, params.train.device)
+    # FSDP2 CPU offload reduces the clipping norm and the exported weights as CPU tensors
+    dist = init_distributed(offload_backend(backend) if stage.fsdp_offload else backend)
     device = f"cuda:{dist.local_rank}" if params.train.device == "cuda" else "cpu"
     try:
         context = context_layout(dist, stage.context_parallel)
@@ -96,7 +105,7 @@ def main() -> None:
             bucket_rules(settings.buckets, args.stage), world=context.dp, rank=context.dp_rank,
             seed=params.train.seed, condition_weights=cond.weights if stage.conditioned else None,
             v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
-            image_dropout=cond.image_dropout)
+            image_dropout=cond.image_dropout, micro_batches=stage.grad_accum)
         prefetch = Prefetcher(batches, device=device, ahead=params.train.prefetch_ahead)
         model = initial_model(params, args.stage, args.models).to(device)
         init = init_weights(params, args.stage, args.models)
@@ -121,12 +130,22 @@ def main() -> None:
 
         weights = full_state_dict(objective.model)  # collective: every rank calls
         if dist.rank == 0:
-            export = exported_model(params, weights)
+            export = exported_model(params, weights, args.stage)  # a LoRA stage: adapted
+            trainable = sum(p.numel() for p in export.parameters() if p.requires_grad)
+            if stage.lora is not None:  # the adapter alone, then merged into its base
+                from osora.models.lora import merge_into_base  # peft: LoRA stages only
+                from osora.weights.lora import WEIGHTS_NAME, save_lora
+
+                adapter = save_lora(export, stage_weights(args.models, args.stage).parent /
+                                    "lora", base=init, text_encoder=text.identity)
+                run.log_weights(adapter / WEIGHTS_NAME, "output.lora")
+                export = merge_into_base(export)
             save_mmdit(export, stage_weights(args.models, args.stage),
                        text_encoder=text.identity)
             run.log_weights(stage_weights(args.models, args.stage), "output")
             metrics = {**result.summary(), "train_clips": len(latents),
-                       "parameters": sum(p.numel() for p in export.parameters())}
+                       "parameters": sum(p.numel() for p in export.parameters()),
+                       "trainable_parameters": trainable}
             curve.finish(metrics, args.metrics, args.curve)
     close_distributed()
 

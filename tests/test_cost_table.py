@@ -52,7 +52,7 @@ def project(tmp_path, monkeypatch) -> Path:
 def edit_yaml(path: Path, change) -> None:
     doc = yaml.safe_load(path.read_text())
     change(doc)
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # stages keep their order
 
 
 def logged_rows(settings, stages: list[str]) -> list[StageCost]:

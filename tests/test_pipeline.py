@@ -38,7 +38,7 @@ def runs_per_stage(project: Path) -> Counter:
 STAGES = ("synth", "ingest", "preprocess", "shots", "clips", "score@aesthetic", "score@motion",
           "score@blur", "score@ocr", "score@jitter", "captions", "pyramid", "stats",
           "ae_train", "ae_eval", "latents", "text_embed", "dit_stage1", "dit_stage2", "dit_stage3",
-          "dit_sample", "vbench")
+          "dit_finetune", "dit_sample", "vbench")
 
 
 def test_repro_then_noop_then_only_dependent_stages_rerun(clone):

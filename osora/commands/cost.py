@@ -37,10 +37,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         table = yaml.safe_load(args.forecast.read_text())
         price = gpu_price(table["gpu"], settings.cost)
+        unknown = sorted(set(table["stages"]) - set(stages))
+        if unknown:
+            raise ValueError(f"{args.forecast}: stages {unknown} are not in the profile's "
+                             f"params/dit.yaml train.stages ({', '.join(stages)})")
+        left_out = [s for s in stages if s not in table["stages"]]
+        if left_out:  # e.g. the fine-tuning stage of a forecast of the paper's three stages
+            print(f"not forecast (no entry in {args.forecast}): {', '.join(left_out)}")
         rows = []
-        for stage in stages:
-            if stage not in table["stages"]:
-                raise ValueError(f"{args.forecast}: no entry for stage {stage}")
+        for stage in (s for s in stages if s in table["stages"]):
             t = table["stages"][stage]
             batch = {f: r.batch_size for f, r in settings.buckets.stages[stage].items()}
             rows.append(forecast_stage(stage, settings.dit.train.stages[stage].steps, t["gpus"],

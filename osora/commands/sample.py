@@ -1,4 +1,5 @@
-"""`osora sample`: render prompts from a checkpoint (defaults: params/dit.yaml:sample)."""
+"""`osora sample`: render prompts from a checkpoint (defaults: params/dit.yaml:sample), or with
+--plan print the device memory it would need per offload mode, loading no weights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 # command-line flag → params/dit.yaml:sample field (given flags override the params)
 OVERRIDES = {"frames": int, "height": int, "width": int, "fps": int, "steps": int,
              "g_img": float, "g_txt": float, "seed": int, "num_samples": int, "batch_size": int,
-             "negative_prompt": str, "device": str, "precision": str}
+             "negative_prompt": str, "device": str, "precision": str, "offload": str}
 
 
 def add_parser(sub) -> None:
@@ -16,8 +17,13 @@ def add_parser(sub) -> None:
                        description=__doc__)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="osora MMDiT .safetensors (training's export or `osora weights import`)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="osora MMDiT .safetensors (training's export or `osora weights import`); "
+                   "with --plan optional (default: the architecture of params/dit.yaml:model)")
+    p.add_argument("--plan", action="store_true",
+                   help="print each component's weights and activations and the expected peak "
+                   "device memory per --offload mode for this size, frames and precision; "
+                   "loads no weights")
     p.add_argument("--image", type=Path, help="condition image (i2v; default kind i2v_head)")
     p.add_argument("--video", type=Path, help="condition video (v2v; default kind v2v_head)")
     p.add_argument("--kind", help="t2v (default), i2v_head|i2v_tail|i2v_loop, "
@@ -41,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from osora.paths import project_root
     from osora.sample.run import SampleRequest, run_sampling
 
+    if args.plan:
+        return plan(args)
+    if args.checkpoint is None:
+        raise ValueError("give --checkpoint FILE (an osora MMDiT .safetensors), or --plan")
     if args.image and args.video:
         raise ValueError("give --image or --video, not both")
     prompts = list(args.prompt)
@@ -58,4 +68,20 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
     for path in written:
         print(path)
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    from osora.config import load_settings
+    from osora.config.dit import SampleParams
+    from osora.sample.memory_plan import format_plan, sampling_plan
+    from osora.sample.run import decode_tile_spec
+    from osora.weights.mmdit import mmdit_config, saved_config
+
+    settings = load_settings(args.profile)
+    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    params = SampleParams.model_validate({**settings.dit.sample.model_dump(), **overrides})
+    config = (saved_config(args.checkpoint) if args.checkpoint is not None
+              else mmdit_config(settings.dit.model))
+    print(format_plan(sampling_plan(settings, params, config, decode_tile_spec(params))))
     return 0

@@ -6,8 +6,10 @@ that cross files; what neither sees is checked here:
 - buckets: every frame count of a DiT stage's latent set has a batch size for that stage;
 - context parallelism: a stage's degree divides the launched ranks, its attention suits the
   model (Ulysses splits the heads; torch's needs CUDA and, taking equal shares only, a degree
-  dividing the text + video tokens of every bucket the stage trains on);
+  dividing the text + video tokens of every bucket the stage trains on); FSDP2 CPU offload
+  needs several ranks (one process shards nothing);
 - text widths: the model's text_dim / vec_dim are what the configured encoder gives;
+- LoRA: a LoRA stage starts from weights (init) and its target pattern compiles;
 - weight files: every checkpoint or model folder the params point at exists.
 
 Each broken rule is a `Violation` naming the key, what is wrong, the fix and the DVC stages it
@@ -18,6 +20,7 @@ supply can be checked for structure alone (`osora config check --no-weights`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +60,8 @@ def check_profile(settings: Settings, stage: str | None = None,
     "dit_stage1" or "ae_train") only those that stop it. Relative weight paths are read against
     `root` (default: the project around the working directory, where the stages run)."""
     root = root or project_root()
-    found = [*_bucket_rules(settings), *_context_parallel(settings),
-             *_text_widths(settings, root), *_weight_files(settings, root)]
+    found = [*_bucket_rules(settings), *_context_parallel(settings), *_fsdp_offload(settings),
+             *_text_widths(settings, root), *_lora(settings), *_weight_files(settings, root)]
     return [v for v in found if stage is None or stage in v.stages]
 
 
@@ -89,6 +92,17 @@ def _bucket_rules(settings: Settings) -> Iterator[Violation]:
                 f"add `<frames>: {{batch_size: N, keep: 1.0}}` for each (larger batches for "
                 f"fewer frames; `osora tune buckets` searches them) or drop the counts from "
                 f"latents.sets.{stage.latents}.frames", (_dit_stage(name),))
+
+
+def _fsdp_offload(settings: Settings) -> Iterator[Violation]:
+    ranks = settings.launch.nodes * settings.launch.nproc_per_node
+    for name, stage in settings.dit.train.stages.items():
+        if stage.fsdp_offload and ranks == 1:
+            yield Violation("dit", f"train.stages.{name}.fsdp_offload", "FSDP2 CPU offload "
+                            "moves sharded parameters, but params/launch.yaml starts one "
+                            "process, which shards nothing",
+                            "fsdp_offload: false, or launch several ranks (nproc_per_node)",
+                            (_dit_stage(name),))
 
 
 def _context_parallel(settings: Settings) -> Iterator[Violation]:
@@ -171,6 +185,29 @@ def _text_widths(settings: Settings, root: Path) -> Iterator[Violation]:
                         f"{want[1]} ({origin})",
                         f"model.text_dim: {want[0]} and model.vec_dim: {want[1]}, or a text "
                         "encoder of the model's widths", stops)
+
+
+def _lora(settings: Settings) -> Iterator[Violation]:
+    """A LoRA stage adapts weights it starts from (init), with a pattern that compiles. Whether
+    the pattern names linear layers the stage itself says as it builds the model
+    (osora.models.lora.lora_targets): checking it here would make every stage that checks its
+    params import the MMDiT and peft, and depend on their code."""
+    for name, stage in settings.dit.train.stages.items():
+        if stage.lora is None:
+            continue
+        stops = (_dit_stage(name),)
+        if stage.init is None:
+            yield Violation("dit", f"train.stages.{name}.init", "a LoRA stage adapts the "
+                            "weights it starts from, but init is null (a random model)",
+                            "init: an earlier stage or an osora checkpoint, or lora: null to "
+                            "train every weight", stops)
+        try:
+            re.compile(stage.lora.target_modules)
+        except re.error as err:
+            yield Violation("dit", f"train.stages.{name}.lora.target_modules",
+                            f"'{stage.lora.target_modules}' is not a regular expression: {err}",
+                            "a pattern matching the names of the MMDiT's linear layers whole, "
+                            r"e.g. '.*_blocks\.\d+\..*(qkv|proj)'", stops)
 
 
 def _encoder_widths(text, root: Path) -> tuple[tuple[int, int], str]:

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from osora.config.ae import TileParams
 from osora.config.base import Params
 
 # osora.diffusion.conditioning.CONDITION_KINDS (equal, tested; config stays free of torch)
@@ -122,6 +123,12 @@ class SampleParams(Params):
                             "seed); the same videos at any size, faster on a CPU up to ~8")
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
+    offload: Literal["none", "model", "sequential"] = Field(
+        description="none: text encoder, MMDiT and AE on the device all run; model: each on the "
+        "device only for its phase (encode, denoise, decode); sequential: as model, and the "
+        "MMDiT's blocks stream from CPU memory one at a time (osora.sample.placement)")
+    decode_tile: TileParams = Field(description="tiled AE decode (osora.models.tiling); null "
+                                    "sizes: one pass per video")
     first_frame: FirstFrameParams
 
 
@@ -131,6 +138,19 @@ class CheckpointingParams(Params):
     double: int = Field(ge=-1, description="first N double blocks checkpointed; −1: all")
     single: int = Field(ge=-1, description="first N single blocks checkpointed; −1: all")
     offload: bool = Field(description="keep what the backward needs in CPU memory")
+
+
+class LoraParams(Params):
+    """Low-rank adapters on the MMDiT's linear layers (built with peft; osora.models.lora):
+    W·x + (alpha / rank)·B·A·dropout(x), B zero at the start; the stage writes the adapter
+    alone and the base with it merged (docs/finetune.md)."""
+
+    rank: int = Field(ge=1, description="r: the adapters' inner dimension")
+    alpha: float = Field(gt=0, description="the adapters' output is scaled by alpha / rank")
+    dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the adapters' input")
+    target_modules: str = Field(min_length=1, description="regular expression a linear "
+                                "layer's full name must match (re.fullmatch, as peft), e.g. "
+                                r"'.*_blocks\.\d+\..*(qkv|proj|linear1|linear2)'")
 
 
 class DiTStageParams(Params):
@@ -155,6 +175,12 @@ class DiTStageParams(Params):
         "as the reference (no table, for data sets whose embeddings would not fit a disk)")
     context_parallel: int = Field(ge=1, description="ranks that share one sample's sequence "
                                   "(paper stage 3: 4); the job's ranks must be a multiple")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step: "
+                            "their gradients add up to those of one batch N times the size")
+    fsdp_offload: bool = Field(default=False, description="FSDP2 keeps the sharded parameters, "
+                               "gradients and optimizer state in CPU memory (several ranks)")
+    lora: LoraParams | None = Field(default=None, description="null: every weight trains; "
+                                    "else only low-rank adapters train (the base is frozen)")
 
     @model_validator(mode="after")
     def _drop_inside(self) -> "DiTStageParams":

@@ -9,7 +9,9 @@ model then animates (i2v_head). Pluggable: anything with
   FLUX-dev is guidance-distilled: the guidance value goes in through its guidance embedding and
   one model pass runs per step (g_txt 1); its schedule is linspace(1, 0, N+1) shifted by
   exp(μ), μ linear in the image tokens from 0.5 at 256 to 1.15 at 4096 (FLUX's `get_schedule`),
-  which is `flow.shift_time` with α = exp(μ). T5 runs unmasked, as in FLUX.
+  which is `flow.shift_time` with α = exp(μ). T5 runs unmasked, as in FLUX. With an offload
+  mode its transformer and VAE take turns on the device as the video models do
+  (osora.sample.placement).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from osora.diffusion.sampler import make_noise, sample
 from osora.models.text import EmbeddingCache, TextEncoder, encode_cached
+from osora.sample.placement import ComponentPlacement, OffloadMode
 
 # FLUX `get_schedule`: μ(tokens) on the line through these two points
 FLUX_SHIFT_POINTS = ((256, 0.5), (4096, 1.15))
@@ -62,7 +65,7 @@ class FluxFirstFrame:
 
     def __init__(self, transformer: torch.nn.Module, vae, text_encoder: TextEncoder, *,
                  steps: int, guidance: float, device: str | torch.device = "cpu",
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, offload: OffloadMode = "none"):
         cfg = transformer.config
         if not cfg.guidance_embed:
             raise ValueError("FLUX first frame: the transformer has no guidance embedding; "
@@ -75,19 +78,23 @@ class FluxFirstFrame:
         self.device = torch.device(device)
         self.cache = cache or EmbeddingCache()
         self.spatial_down = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.placement = ComponentPlacement(offload, self.device, text_encoder=text_encoder,
+                                            model=transformer, ae=vae)
 
     @classmethod
     def from_paths(cls, checkpoint: str | os.PathLike, vae_folder: str | os.PathLike,
                    text_encoder: TextEncoder, config=None, *, steps: int, guidance: float,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   ) -> FluxFirstFrame:
+                   offload: OffloadMode = "none") -> FluxFirstFrame:
         """From a FLUX checkpoint (osora.weights.flux.FLUX_DEV's shape unless `config`) and a
-        local diffusers AutoencoderKL folder; nothing is downloaded."""
+        local diffusers AutoencoderKL folder; nothing is downloaded. Offloading loads them
+        into CPU memory."""
         from osora.weights.flux import FLUX_DEV, load_flux
 
-        transformer, _ = load_flux(checkpoint, config or FLUX_DEV, device=device, dtype=dtype)
-        return cls(transformer.eval(), load_flux_vae(vae_folder, device, dtype), text_encoder,
-                   steps=steps, guidance=guidance, device=device)
+        load = device if offload == "none" else "cpu"
+        transformer, _ = load_flux(checkpoint, config or FLUX_DEV, device=load, dtype=dtype)
+        return cls(transformer.eval(), load_flux_vae(vae_folder, load, dtype), text_encoder,
+                   steps=steps, guidance=guidance, device=device, offload=offload)
 
     def _velocity(self, x, t, text, pooled, text_mask=None, cond=None):
         g = torch.full_like(t, self.guidance)
@@ -101,17 +108,20 @@ class FluxFirstFrame:
             raise ValueError(f"FLUX first frame: {height}×{width} must be multiples of {step} "
                              f"(VAE {self.spatial_down}× × patch {p})")
         h, w = height // self.spatial_down, width // self.spatial_down
-        emb = encode_cached(self.text_encoder, list(prompts), self.cache).to(self.device,
-                                                                              torch.float32)
+        with self.placement.text_phase():
+            emb = encode_cached(self.text_encoder, list(prompts), self.cache).to(
+                self.device, torch.float32)
         noise = make_noise((self.transformer.config.in_channels, 1, h, w), list(seeds),
                            device=self.device)  # (B, 16, 1, h, w)
-        z = sample(self._velocity, noise, emb.seq, emb.pooled, neg_text=emb.seq,
-                   neg_pooled=emb.pooled, steps=self.steps, g_txt=1.0, g_img=1.0,
-                   oscillation=False, dynamic_image=False,
-                   shift=flux_shift(h * w // p**2), progress=progress)
+        with self.placement.denoise_phase():
+            z = sample(self._velocity, noise, emb.seq, emb.pooled, neg_text=emb.seq,
+                       neg_pooled=emb.pooled, steps=self.steps, g_txt=1.0, g_img=1.0,
+                       oscillation=False, dynamic_image=False,
+                       shift=flux_shift(h * w // p**2), progress=progress)
         cfg = self.vae.config
         z = z[:, :, 0] / cfg.scaling_factor + (cfg.shift_factor or 0.0)  # (B, 16, h, w)
-        image = self.vae.decode(z.to(self.vae.dtype)).sample.float()  # (B, 3, H, W)
+        with self.placement.ae_phase():
+            image = self.vae.decode(z.to(self.vae.dtype)).sample.float()  # (B, 3, H, W)
         return image.clamp(-1, 1)[:, :, None]  # (B, 3, 1, H, W)
 
 

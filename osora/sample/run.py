@@ -5,6 +5,8 @@ write `{prompt}-{index}.mp4` + sidecar for every prompt × seed.
 Kinds: t2v; i2v_head / i2v_tail / i2v_loop from an image (or a video's first/last frame);
 v2v_head / v2v_tail from a video; t2i2v: a first frame from params/dit.yaml:sample.first_frame,
 then i2v_head. Sample i of a prompt uses seed + i (its noise depends on nothing else).
+With sample.offload model / sequential the models load into CPU memory and visit the device per
+phase (osora.sample.placement); every prompt is encoded up front, so the text encoder visits once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from osora.models.tiling import TileSpec
 from osora.progress import progress_bar
 from osora.sample.conditions import IMAGE_KINDS, VIDEO_KINDS, media_condition, read_media
 from osora.sample.first_frame import FluxFirstFrame, MMDiTFirstFrame
@@ -79,17 +82,23 @@ def run_sampling(settings, request: SampleRequest, *, root: Path, progress: bool
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("params/dit.yaml:sample.device is cuda but no GPU is visible; "
                            "set it to cpu (or OSORA_DIT__SAMPLE__DEVICE=cpu)")
-    text_encoder = build_text_encoder(settings.dit.text, device)
+    # offloading: the weights load into CPU memory; the placement moves them per phase
+    load_device = device if params.offload == "none" else "cpu"
+    text_encoder = build_text_encoder(settings.dit.text, load_device)
     trained_with = saved_text_encoder(request.checkpoint)
     if trained_with is not None and trained_with != text_encoder.identity:
         raise ValueError(f"{request.checkpoint} was trained with text encoder {trained_with}, "
                          f"params/dit.yaml:text gives {text_encoder.identity}; set it to that "
                          "encoder")
     ae_path = request.autoencoder or default_autoencoder(settings, root)
-    ae = load_autoencoder(settings.ae, ae_path, device)
-    model = load_mmdit(request.checkpoint, device=device)
+    ae = load_autoencoder(settings.ae, ae_path, load_device)
+    model = load_mmdit(request.checkpoint, device=load_device)
     sampler = VideoSampler(model, ae, text_encoder, device=device, precision=params.precision,
-                           cache=EmbeddingCache(settings.dit.text.cache))
+                           cache=EmbeddingCache(settings.dit.text.cache),
+                           offload=params.offload, decode_tile=decode_tile_spec(params))
+    sampler.encode_ahead([conditioned_text(p, params.fps, params.motion_score)
+                          for p in request.prompts] + [params.negative_prompt],
+                         batch_size=params.batch_size)
     guidance = Guidance(params.steps, params.g_img, params.g_txt, params.oscillation,
                         params.dynamic_image and request.kind not in VIDEO_KINDS,
                         params.negative_prompt)
@@ -156,6 +165,14 @@ def run_sampling(settings, request: SampleRequest, *, root: Path, progress: bool
     return written
 
 
+def decode_tile_spec(params) -> TileSpec | None:
+    """params/dit.yaml:sample.decode_tile as a TileSpec; None when it tiles no axis."""
+    tile = params.decode_tile
+    if tile.spatial is None and tile.temporal is None:
+        return None
+    return TileSpec(tile.spatial, tile.temporal, tile.overlap)
+
+
 def first_frame_model(settings, params, sampler: VideoSampler, device):
     """The image model of t2i2v that params/dit.yaml:sample.first_frame chooses."""
     from osora.weights.mmdit import load_mmdit
@@ -165,12 +182,14 @@ def first_frame_model(settings, params, sampler: VideoSampler, device):
         dtype = torch.bfloat16 if params.precision == "bf16" and device == "cuda" else None
         return FluxFirstFrame.from_paths(ff.checkpoint, ff.flux_vae, sampler.text_encoder,
                                          steps=ff.steps, guidance=ff.guidance, device=device,
-                                         dtype=dtype or torch.float32)
+                                         dtype=dtype or torch.float32, offload=params.offload)
     image_sampler = sampler
     if ff.checkpoint is not None:
-        image_sampler = VideoSampler(load_mmdit(ff.checkpoint, device=device), sampler.ae,
+        load_device = device if params.offload == "none" else "cpu"
+        image_sampler = VideoSampler(load_mmdit(ff.checkpoint, device=load_device), sampler.ae,
                                      sampler.text_encoder, device=device,
-                                     precision=params.precision, cache=sampler.cache)
+                                     precision=params.precision, cache=sampler.cache,
+                                     offload=params.offload, decode_tile=sampler.decode_tile)
     return MMDiTFirstFrame(image_sampler, Guidance(ff.steps, g_img=1.0, g_txt=ff.guidance,
                                                    negative_prompt=params.negative_prompt),
                            fps=params.fps)

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.utils.data import IterableDataset
 from torchtitan.components.dataloader import ParallelAwareDataloader
 
+from osora.config.dit import DiTStageParams
 from osora.models.mmdit import MMDiTConfig
 from osora.titan.job_config import Osora, osora_options
 from osora.train.flow_objective import LatentBatch
@@ -101,6 +102,7 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
                          f"train.stages ({', '.join(params.train.stages)})")
     _check_matches_params(config, mmdit_config(params.model), opts.profile)
     stage = params.train.stages[opts.stage]
+    _check_osora_loop_only(stage, opts.stage)
     if stage.conditioned and config.cond_channels == 0:
         raise ValueError(f"stage {opts.stage} is conditioned but the flavour has no condition "
                          "input (cond_channels 0)")
@@ -120,6 +122,23 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
         condition_weights=cond.weights if stage.conditioned else None,
         v2v_frames=cond.v2v_frames, text_dropout=cond.text_dropout,
         image_dropout=cond.image_dropout)
+
+
+def _check_osora_loop_only(stage: DiTStageParams, name: str) -> None:
+    """Refuse the stage settings only osora's own loop applies (pipelines/dit_train.py)."""
+    key = f"params/dit.yaml train.stages.{name}"
+    if stage.grad_accum > 1:
+        raise ValueError(f"{key}.grad_accum is {stage.grad_accum}: torchtitan accumulates "
+                         "through its own training.global_batch_size; set grad_accum: 1 for "
+                         "torchtitan, or train the stage with osora's loop (dvc repro "
+                         f"dit_{name})")
+    if stage.lora is not None:
+        raise ValueError(f"{key}.lora is set, which the osora_mmdit adapter does not support; "
+                         f"train the stage with osora's loop (dvc repro dit_{name})")
+    if stage.fsdp_offload:
+        raise ValueError(f"{key}.fsdp_offload is on, which the osora_mmdit adapter does not "
+                         "support; set it false for torchtitan, or train the stage with "
+                         f"osora's loop (dvc repro dit_{name})")
 
 
 def _check_matches_params(config: MMDiTConfig, params_config: MMDiTConfig, profile: str

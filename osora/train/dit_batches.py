@@ -15,10 +15,17 @@ per sample:
   (T5 and CLIP independently, to the empty prompt's embedding).
 All draws come from a generator seeded by (seed, rank, step), so a resumed run repeats the
 batches of the uninterrupted one, and a batch can be made ahead of its step (osora.train.prefetch).
+
+Gradient accumulation over N micro-batches (`micro_batches`) makes each step's batch N× the
+bucket's batch size: the samples, and draws, of one N× batch. The objective splits it on the
+device (osora.train.flow_objective), so a step's batch stays one set of tensors: the
+prefetcher's pinned ring, one buffer per tensor shape per step in flight, would be overrun by
+N same-shaped micro-batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -38,14 +45,15 @@ from osora.train.text_source import OnlineText
 
 class LatentBatches:
     """table: the latents table's pinned version; text: the batches' text embeddings;
-    rules: bucket frame count → BucketRule; condition_weights: None for T2V, else kind → weight.
+    rules: bucket frame count → BucketRule; condition_weights: None for T2V, else kind → weight;
+    micro_batches: a step's batch holds that many times each bucket's batch size (module doc).
     """
 
     def __init__(self, table: LatentTable, text: OnlineText, rules: Mapping[int, BucketRule],
                  *, world: int, rank: int, seed: int,
                  condition_weights: Mapping[str, float] | None = None,
                  v2v_frames: int | None = None, text_dropout: float = 0.0,
-                 image_dropout: float = 0.0):
+                 image_dropout: float = 0.0, micro_batches: int = 1):
         if not len(table):
             raise ValueError(f"no latent rows to train on in {table.name}: run the latents "
                              "stage first (dvc repro latents) and check its level")
@@ -55,7 +63,10 @@ class LatentBatches:
                              "params/buckets.yaml for this stage")
         self.table, self.text = table, text
         self.buckets = table.buckets
-        self.rules = {b: rules[b[0]] for b in set(self.buckets)}
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be ≥ 1 (the stage's grad_accum), got "
+                             f"{micro_batches}")
+        self.rules = {b: _times(rules[b[0]], micro_batches) for b in set(self.buckets)}
         self.world, self.rank, self.seed = world, rank, seed
         self.condition_weights = dict(condition_weights) if condition_weights else None
         self.v2v_frames = v2v_frames
@@ -71,8 +82,8 @@ class LatentBatches:
                                                    seed=self.seed, epoch=epoch))
                 if not self._epochs[-1]:
                     raise ValueError("an epoch has no full batch: lower the batch sizes in "
-                                     "params/buckets.yaml (each bucket needs ≥ batch_size × "
-                                     "world clips)")
+                                     "params/buckets.yaml or the stage's grad_accum (each "
+                                     "bucket needs ≥ batch_size × grad_accum × world clips)")
             if step < done + len(self._epochs[epoch]):
                 return self._epochs[epoch][step - done][self.rank]
             done += len(self._epochs[epoch])
@@ -99,3 +110,8 @@ class LatentBatches:
                 v2v_frames=self.v2v_frames) for _ in items])  # (B, T)
             cond = drop_condition(build_cond(latent, masks), self.image_dropout, generator)
         return LatentBatch(latent, text, pooled, mask, cond)  # on the CPU (prefetch moves it)
+
+
+def _times(rule: BucketRule, n: int) -> BucketRule:
+    """The rule with n× the batch size (gradient accumulation's whole-step batch)."""
+    return dataclasses.replace(rule, batch_size=rule.batch_size * n)

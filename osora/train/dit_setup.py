@@ -57,12 +57,25 @@ def initial_model(params, stage: str, models_root: Path) -> MMDiT:
     return model.train()
 
 
-def exported_model(params, weights: dict[str, torch.Tensor]) -> MMDiT:
-    """A plain MMDiT holding the gathered full weights (`checkpoint.full_state_dict`)."""
+def exported_model(params, weights: dict[str, torch.Tensor], stage: str) -> MMDiT:
+    """An MMDiT holding the gathered full weights (`checkpoint.full_state_dict`); for a LoRA
+    stage with its adapters, under peft's names (osora.models.lora.merge_into_base merges)."""
     with torch.device("meta"):
         model = MMDiT(mmdit_config(params.model))
+        lora = params.train.stages[stage].lora
+        if lora is not None:
+            _with_lora(model, lora, stage)
     model.load_state_dict(weights, strict=True, assign=True)
     return model
+
+
+def _with_lora(model: MMDiT, lora, stage: str) -> MMDiT:
+    """The stage's adapters on `model`, the rest frozen (osora.models.lora)."""
+    # peft is a heavy optional import: only stages that configure LoRA load it
+    from osora.models.lora import add_lora, lora_config
+
+    return add_lora(model, lora_config(**lora.model_dump()),
+                    source=f"params/dit.yaml:train.stages.{stage}.lora.target_modules")
 
 
 def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
@@ -75,12 +88,16 @@ def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
 
 def build_objective(params, model: MMDiT, stage: str, world_size: int,
                     context: ContextLayout | None = None) -> FlowObjective:
-    """AdamW (RECIPE §4) on the model, FSDP2-sharded over its blocks when world_size > 1;
-    with a context-parallel layout the blocks' attention is swapped for attention over each
-    group of ranks (train.cp_attention), which split the sequence."""
+    """AdamW (RECIPE §4) on the model's trainable parameters, FSDP2-sharded over its blocks
+    when world_size > 1; with a context-parallel layout the blocks' attention is swapped for
+    attention over each group of ranks (train.cp_attention), which split the sequence. A LoRA
+    stage's adapters go in first (before checkpointing, compile and sharding wrap the layers)
+    and are all that trains."""
     from osora.train.parallel import shard_model
 
     t = params.train
+    if t.stages[stage].lora is not None:
+        _with_lora(model, t.stages[stage].lora, stage)
     cp = 1 if context is None else context.cp
     if cp > 1:
         from osora.train.context_parallel import parallelize_attention
@@ -94,12 +111,15 @@ def build_objective(params, model: MMDiT, stage: str, world_size: int,
         # context parallelism enters through `embed`, not `forward` (context_parallel_forward)
         model = shard_model(model, MMDIT_SHARD_UNITS,
                             forward_methods=("embed",) if cp > 1 else (),
-                            gradient_divide_factor=context.dp if cp > 1 else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.stages[stage].lr, betas=t.betas,
+                            gradient_divide_factor=context.dp if cp > 1 else None,
+                            offload=t.stages[stage].fsdp_offload)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA stage: adapters
+    optimizer = torch.optim.AdamW(trainable, lr=t.stages[stage].lr, betas=t.betas,
                                   eps=t.eps, weight_decay=t.weight_decay)
     ema = EMA(model, t.ema_decay) if t.ema_decay is not None else None
     return FlowObjective(model, optimizer, patch_size=params.model.patch_size,
-                         sigma_min=t.sigma_min, ema=ema, context=context)
+                         sigma_min=t.sigma_min, ema=ema, context=context,
+                         micro_batches=t.stages[stage].grad_accum)
 
 
 def loop_settings(params, stage: str, device: str) -> LoopSettings:

@@ -3,7 +3,10 @@ through `train`.
 
 A step takes the batch for that step and applies the objective's updates in order. An `Update`
 is one optimizer stepping on one loss: AE training yields the autoencoder's update and, in its
-adversarial phase, the discriminator's; DiT training yields one. The loop owns what every run
+adversarial phase, the discriminator's; DiT training yields one. With gradient accumulation the
+update's loss comes as weighted micro-batch losses, each run and backpropagated in turn (only
+one micro-batch's activations live at a time); their gradients add up to the whole batch's
+before the one clip and optimizer step. The loop owns what every run
 shares: mixed precision, gradient clipping, the EMA, NaN/spike recovery, metric logging,
 resumable checkpoints every `checkpoint_every` steps and resuming from the newest one.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,18 +51,35 @@ from osora.train.recovery import (
 # The loss (a device scalar) and the objective's own metrics: detached device tensors, read
 # only at logging steps, or host floats
 LossFn = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+# A micro-batch's share of the update's samples and its loss (gradient accumulation)
+MicroLoss = tuple[float, LossFn]
 
 
 @dataclass
 class Update:
     """One optimizer step: `loss()` is evaluated, backpropagated, and the gradients of
-    `parameters` are clipped to the loop's max norm before `optimizer.step()`."""
+    `parameters` are clipped to the loop's max norm before `optimizer.step()`.
+
+    Gradient accumulation gives `micro` instead of `loss`: (weight, loss) per micro-batch, each
+    loss evaluated and weight · loss backpropagated in turn, so the gradients add up before the
+    one clip and step. The update's loss (logged, checked) is Σ weight · loss: with per-sample
+    mean losses and weights b_k / B, the loss of the whole batch of B samples; its metrics are
+    the micro-batches' weighted likewise."""
 
     name: str
     optimizer: torch.optim.Optimizer
     parameters: list[nn.Parameter]
-    loss: LossFn
+    loss: LossFn | None
     ema: EMA | None = None  # averaged after this update's step
+    micro: Sequence[MicroLoss] = ()
+
+    def __post_init__(self) -> None:
+        if (self.loss is None) == (not self.micro):
+            raise ValueError(f"update {self.name!r}: give either loss or micro (weighted "
+                             "micro-batch losses), not both or neither")
+
+    def weighted_losses(self) -> Sequence[MicroLoss]:
+        return self.micro or ((1.0, self.loss),)
 
 
 class Objective(Protocol):
@@ -253,21 +273,35 @@ class _Run:
             for group in update.optimizer.param_groups:
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
             update.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss, metrics = update.loss()
-            if loss.device.type != self.device.type:
-                raise ValueError(f"{update.name}'s loss is on {loss.device} but LoopSettings."
-                                 f"device is {self.settings.device!r}: set it to the model's "
-                                 "device, where the loop's metrics and collectives run")
+            loss, metrics = self._backward(update)
+            # Checked once per update, not per micro-batch: the spike statistics stay those of
+            # the whole batch's loss (and a non-finite micro-loss makes the sum non-finite).
             self.checks.check(step, update.name, loss)
-            loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(update.parameters, self.settings.grad_clip)
             update.optimizer.step()
             if update.ema is not None:
                 update.ema.update()
-            out.update({f"{update.name}/loss": loss.detach(),
-                        f"{update.name}/grad_norm": _full(norm), **metrics})
+            out.update({f"{update.name}/loss": loss,
+                        f"{update.name}/grad_norm": _full(norm, self.device), **metrics})
         return out
+
+    def _backward(self, update: Update) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Evaluate and backpropagate the update's weighted losses in turn, gradients adding
+        up; their weighted sum (detached, unread) and the metrics weighted likewise."""
+        total: torch.Tensor | None = None
+        metrics: dict[str, torch.Tensor | float] = {}
+        for weight, loss_fn in update.weighted_losses():
+            with self.autocast:
+                loss, part = loss_fn()
+            if loss.device.type != self.device.type:
+                raise ValueError(f"{update.name}'s loss is on {loss.device} but LoopSettings."
+                                 f"device is {self.settings.device!r}: set it to the model's "
+                                 "device, where the loop's metrics and collectives run")
+            (weight * loss).backward()  # weight 1.0 (no accumulation) is exact
+            total = _add_weighted(total, weight, loss.detach())
+            for key, value in part.items():
+                metrics[key] = _add_weighted(metrics.get(key), weight, value)
+        return total, metrics
 
     def _recover(self, fault: Fault) -> int:
         """Undo the faulty step and all after it: load the newest checkpoint (older than the
@@ -328,7 +362,15 @@ def lr_factor(step: int, settings: LoopSettings) -> float:
     raise ValueError(f"unknown schedule {settings.schedule!r}; use 'constant' or 'cosine'")
 
 
-def _full(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm as a plain device tensor (FSDP2 returns a replicated DTensor)."""
+def _add_weighted(acc: torch.Tensor | float | None, weight: float,
+                  value: torch.Tensor | float) -> torch.Tensor | float:
+    """acc + weight · value, or weight · value when acc is None (tensors stay unread)."""
+    return weight * value if acc is None else acc + weight * value
+
+
+def _full(norm: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A gradient norm as a plain tensor on the loop's device: FSDP2 returns a replicated
+    DTensor, on the CPU when it offloads the gradients there (the metrics' all-reduce runs on
+    the compute device: nccl takes no CPU tensors)."""
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-    return norm.detach()
+    return norm.detach().to(device)

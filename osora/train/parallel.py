@@ -18,8 +18,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
     FSDPModule,
     MixedPrecisionPolicy,
+    OffloadPolicy,
     fully_shard,
     register_fsdp_forward_method,
 )
@@ -124,6 +126,7 @@ def shard_model(
     reshard_after_forward: bool = True,
     forward_methods: tuple[str, ...] = (),
     gradient_divide_factor: float | None = None,
+    offload: bool = False,
 ) -> nn.Module:
     """Shard `model` with FSDP2: every submodule that is an instance of `units`, then the root.
 
@@ -138,6 +141,13 @@ def shard_model(
     parameters become DTensors; build the optimizer afterwards). Gradients are summed over the
     mesh and divided by its size, or by `gradient_divide_factor` (context parallelism: the
     data-parallel degree, see ContextLayout).
+
+    `offload`: FSDP2 CPU offload. The sharded parameters, their gradients and so the optimizer
+    state live in CPU memory (pinned when computing on CUDA); each unit's shard is copied to the
+    device just before its all-gather, and the reduce-scattered gradient shard back to the CPU,
+    where the optimizer steps. The gradient norm of clipping is then a CPU tensor reduced over
+    ranks on the CPU, as is a full state dict: the process group needs a CPU backend
+    (`offload_backend`).
     """
     if mesh is None:
         if not _is_distributed():
@@ -145,6 +155,8 @@ def shard_model(
         device_type = "cuda" if "nccl" in str(dist.get_backend()) else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    offload_policy = (CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda") if offload
+                      else OffloadPolicy())
     # Children before parents: a parent's fully_shard takes only the parameters that no sharded
     # child owns. Reversed pre-order visits every module after all its descendants.
     for module in reversed(list(model.modules())):
@@ -154,9 +166,11 @@ def shard_model(
                 mesh=mesh,
                 mp_policy=mp_policy,
                 reshard_after_forward=reshard_after_forward,
+                offload_policy=offload_policy,
             )
     # The root's parameters are needed again at once by backward: keep them unsharded.
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False,
+                offload_policy=offload_policy)
     for name in forward_methods:
         register_fsdp_forward_method(model, name)
     if _uses_gloo(mesh):
@@ -166,6 +180,15 @@ def shard_model(
             if isinstance(unit, FSDPModule):
                 unit.set_gradient_divide_factor(gradient_divide_factor)
     return model
+
+
+def offload_backend(backend: str) -> str:
+    """The process-group backend of a job with FSDP2 CPU offload (`shard_model(offload=True)`):
+    `backend` with gloo added for CPU tensors when it has none, e.g. "nccl" →
+    "cpu:gloo,cuda:nccl" (as torchtitan does for its CPU offload)."""
+    if "gloo" in backend:
+        return backend
+    return f"cpu:gloo,{backend if ':' in backend else f'cuda:{backend}'}"
 
 
 def _uses_gloo(mesh: DeviceMesh) -> bool:

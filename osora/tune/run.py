@@ -117,7 +117,13 @@ def tune_buckets(settings, root: Path, prober: Prober | None = None,
     hardware = hardware_name(settings)
     cp = settings.dit.train.stages[t.stage].context_parallel
     world = world_size(settings.launch)
-    key = hashlib.sha256(json.dumps([model, checkpointing, t.precision, t.memory_mb, world, cp],
+    stage = settings.dit.train.stages[t.stage]
+    # what else changes a micro-batch's memory (grad_accum does not); listed only when set, so
+    # the studies of plain stages keep their names
+    lean = {k: v for k, v in (("lora", stage.lora and stage.lora.model_dump()),
+                              ("fsdp_offload", stage.fsdp_offload)) if v}
+    key = hashlib.sha256(json.dumps([model, checkpointing, t.precision, t.memory_mb, world, cp]
+                                    + ([lean] if lean else []),
                                     sort_keys=True).encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hardware).strip("-").lower()
     shapes = bucket_shapes(settings, t.stage)

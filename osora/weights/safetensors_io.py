@@ -142,6 +142,7 @@ def save_weights(
     os.close(fd)
     try:
         st.save_file(tensors, tmp, metadata=header)
+        _sort_header_metadata(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files
@@ -150,6 +151,25 @@ def save_weights(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _sort_header_metadata(path: str | os.PathLike) -> None:
+    """Rewrite the header's metadata in sorted key order, in place: safetensors' writer orders
+    it by a hash map, differently on every save, so equal weights would give different bytes
+    (and different DVC hashes). The rewritten header has the same length: the same JSON, only
+    reordered; the padding up to the tensors stays spaces."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: the sorted safetensors header is longer than the "
+                               f"written one ({len(text)} > {size} bytes)")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def _umask() -> int:

@@ -286,7 +286,7 @@ def edit_yaml(path: Path, change) -> None:
     """Apply `change` to the YAML document in `path`, in place."""
     doc = yaml.safe_load(path.read_text())
     change(doc)
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # stages keep their order
 
 
 @pytest.mark.slow

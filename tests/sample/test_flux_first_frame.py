@@ -16,6 +16,7 @@ from osora.diffusion.sampler import make_noise
 from osora.models.mmdit import MMDiT, MMDiTConfig
 from osora.models.text import MiniLMEncoder
 from osora.sample.first_frame import FluxFirstFrame, flux_shift
+from osora.sample.placement import OFFLOAD_MODES
 from osora.weights.flux import flux_key_map
 
 TINY_FLUX = MMDiTConfig(in_channels=16, patch_size=2, cond_channels=0, hidden_size=64,
@@ -86,3 +87,17 @@ def test_flux_first_frame_needs_a_guidance_distilled_model(flux_files, tmp_path)
     with pytest.raises(FileNotFoundError, match="diffusers AutoencoderKL folder"):
         FluxFirstFrame.from_paths(folder / "flux1-tiny.safetensors", tmp_path, None,
                                   TINY_FLUX, steps=2, guidance=3.5)
+
+
+def test_flux_first_frame_is_the_same_in_every_offload_mode(flux_files):
+    """Offloading (osora.sample.placement) moves FLUX's transformer and VAE per phase; the
+    image is bitwise the same."""
+    _, folder = flux_files
+    images = {}
+    for mode in OFFLOAD_MODES:
+        ff = FluxFirstFrame.from_paths(folder / "flux1-tiny.safetensors", folder / "vae",
+                                       MiniLMEncoder(max_length=16), TINY_FLUX, steps=2,
+                                       guidance=3.5, offload=mode)
+        images[mode] = ff.generate(["a red apple", "a green pear"], [5, 6], 16, 16)
+    assert torch.equal(images["model"], images["none"])
+    assert torch.equal(images["sequential"], images["none"])

@@ -193,3 +193,15 @@ def test_load_bad_paths(tmp_path):
     junk.write_bytes(b"this is not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_weights(junk)
+
+
+def test_equal_weights_give_equal_bytes(tmp_path):
+    # safetensors' own writer orders the metadata differently on each save; osora's files are
+    # byte-identical for equal weights and metadata (stable DVC hashes, exact round trips)
+    weights = {"w": torch.randn(4, 3), "b": torch.arange(7)}
+    metadata = {f"key{i}": f"välue {i}\n\"quoted\"" for i in range(12)}
+    files = [save_weights(weights, tmp_path / f"{i}.safetensors", metadata=metadata)
+             for i in range(4)]
+    assert len({f.read_bytes() for f in files}) == 1
+    assert read_metadata(files[0]) == {"format": "pt", **metadata}
+    assert load_weights(files[0])["w"].equal(weights["w"])
