@@ -10,41 +10,23 @@ import gc
 import weakref
 from pathlib import Path
 
-import pytest
 import torch
 
 from osora.cli import main
 from osora.config import load_settings
 from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.media.frames import read_video
-from osora.models.dcae import DCAE
-from osora.models.mmdit import MMDiT
 from osora.models.text import build_text_encoder
 from osora.models.tiling import TileSpec, tiled_decode
 from osora.sample.generate import Guidance, VideoSampler, video_latent_shape
 from osora.sample.placement import OFFLOAD_MODES
-from osora.weights.autoencoder import dcae_config, load_dcae, save_dcae
-from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit
+from osora.weights.autoencoder import dcae_config, load_dcae
+from osora.weights.mmdit import load_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
 SAMPLE = SETTINGS.dit.sample  # 16 frames of 80×80 → latent (16, 4, 20, 20)
 PROMPTS = ["a red square moves right", "a blue circle falls"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """(MMDiT checkpoint, DC-AE weights): random, weights large enough that the output depends
-    visibly on text and condition."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    save_dcae(DCAE(dcae_config(SETTINGS.ae.dcae)), folder / "ae.safetensors")
-    model = MMDiT(mmdit_config(SETTINGS.dit.model))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.05)
-    save_mmdit(model, folder / "dit.safetensors")
-    return folder / "dit.safetensors", folder / "ae.safetensors"
 
 
 def make_sampler(models, offload: str, decode_tile: TileSpec | None = None) -> VideoSampler:

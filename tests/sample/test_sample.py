@@ -19,33 +19,16 @@ from osora.diffusion.conditioning import CONDITION_KINDS
 from osora.fileio import file_sha256
 from osora.media.ffmpeg import ffmpeg_exe
 from osora.media.probe import probe
-from osora.models.dcae import DCAE
-from osora.models.mmdit import MMDiT
 from osora.models.text import build_text_encoder
 from osora.sample.conditions import media_condition, read_media
 from osora.sample.generate import Guidance, VideoSampler, video_latent_shape
 from osora.sample.outputs import read_sidecar, sample_stem
-from osora.weights.autoencoder import dcae_config, load_dcae, save_dcae
-from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit
+from osora.weights.autoencoder import dcae_config, load_dcae
+from osora.weights.mmdit import load_mmdit, mmdit_config
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
 SAMPLE = SETTINGS.dit.sample  # 16 frames of 80×80 → latent (16, 4, 20, 20)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """(MMDiT checkpoint, DC-AE weights): random, with weights large enough that the MMDiT's
-    output depends visibly on its text and condition inputs."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    save_dcae(DCAE(dcae_config(SETTINGS.ae.dcae)), folder / "ae.safetensors")
-    model = MMDiT(mmdit_config(SETTINGS.dit.model))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.05)
-    save_mmdit(model, folder / "dit.safetensors")
-    return folder / "dit.safetensors", folder / "ae.safetensors"
 
 
 @pytest.fixture(scope="module")
