@@ -123,3 +123,30 @@ def test_a_part_past_its_limit_is_killed_with_the_processes_it_started(gpu_check
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+# The GPU machines carry torch, triton and pytest, nothing of osora's pipeline extra: a gpu test
+# file that imports more fails its collection there and with it the check's kernel_tests part.
+TORCH_ONLY = """
+import importlib, importlib.abc, sys
+BLOCKED = {"pydantic", "pydantic_settings", "yaml", "ruamel", "lance", "pyarrow", "mlflow",
+           "dvc", "torchtitan", "transformers", "diffusers", "peft", "av", "safetensors",
+           "cv2", "boto3", "s3fs", "optuna", "PIL", "scipy", "skimage"}
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not on a GPU machine (torch, triton, pytest only)")
+sys.meta_path.insert(0, Blocked())
+path = sys.argv[1]
+sys.path.insert(0, path.rsplit("/", 1)[0])
+importlib.import_module(path.rsplit("/", 1)[1].removesuffix(".py"))
+"""
+
+
+def test_every_gpu_test_file_imports_with_torch_alone(gpu_check):
+    files = gpu_check.gpu_test_files()
+    assert "tests/train/test_fsdp_offload.py" in files and len(files) >= 3
+    for name in files:
+        run = subprocess.run([sys.executable, "-c", TORCH_ONLY, str(REPO / name)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"{name}: {run.stderr[-1500:]}"

@@ -233,3 +233,23 @@ def test_a_training_stage_stops_on_a_broken_rule_before_it_trains(tmp_path):
     assert "dit_stage1: the params break 1 rule(s)" in done.stderr
     assert "buckets.yaml: stages.stage1: no batch size for frame counts [16]" in done.stderr
     assert not (root / "mlflow").exists()  # no run was opened
+
+
+def test_a_one_process_stage_with_offload_is_a_config_error():
+    settings = load_settings("tiny")
+    assert settings.launch.nodes * settings.launch.nproc_per_node == 1
+
+    def with_offload(s):
+        stages = s.dit.train.stages
+        stage = stages["stage1"].model_copy(update={"fsdp_offload": True})
+        train = s.dit.train.model_copy(update={"stages": {**stages, "stage1": stage}})
+        return s.model_copy(update={"dit": s.dit.model_copy(update={"train": train})})
+
+    found = [v for v in check_profile(with_offload(settings), "dit_stage1")
+             if v.key == "train.stages.stage1.fsdp_offload"]
+    assert len(found) == 1 and "one process" in found[0].problem
+    assert found[0].stages == ("dit_stage1",)
+    two = settings.model_copy(update={"launch": settings.launch.model_copy(
+        update={"nproc_per_node": 2})})
+    assert not [v for v in check_profile(with_offload(two), "dit_stage1")
+                if v.key.endswith("fsdp_offload")]

@@ -17,14 +17,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from free_port import free_port, join_gloo
-from test_grad_accum import STEPS, adamw, rank_batch, settings
-from test_parallel import tiny_mmdit
+from mmdit_cases import STEPS, adamw, rank_batch, settings, tiny_mmdit
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 
-from osora.config import load_settings
-from osora.config.check import check_profile
 from osora.models.mmdit import MMDIT_TINY
 from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.flow_objective import FlowObjective
@@ -133,23 +130,3 @@ def test_offload_backend_adds_gloo_for_cpu_tensors():
     assert offload_backend("nccl") == "cpu:gloo,cuda:nccl"
     assert offload_backend("gloo") == "gloo"
     assert offload_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
-
-
-def test_a_one_process_stage_with_offload_is_a_config_error():
-    settings = load_settings("tiny")
-    assert settings.launch.nodes * settings.launch.nproc_per_node == 1
-
-    def with_offload(s):
-        stages = s.dit.train.stages
-        stage = stages["stage1"].model_copy(update={"fsdp_offload": True})
-        train = s.dit.train.model_copy(update={"stages": {**stages, "stage1": stage}})
-        return s.model_copy(update={"dit": s.dit.model_copy(update={"train": train})})
-
-    found = [v for v in check_profile(with_offload(settings), "dit_stage1")
-             if v.key == "train.stages.stage1.fsdp_offload"]
-    assert len(found) == 1 and "one process" in found[0].problem
-    assert found[0].stages == ("dit_stage1",)
-    two = settings.model_copy(update={"launch": settings.launch.model_copy(
-        update={"nproc_per_node": 2})})
-    assert not [v for v in check_profile(with_offload(two), "dit_stage1")
-                if v.key.endswith("fsdp_offload")]

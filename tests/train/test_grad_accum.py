@@ -17,13 +17,23 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from free_port import free_port, join_gloo
+from mmdit_cases import (
+    SEED,
+    STEPS,
+    TOL,
+    WORLD,
+    B,
+    adamw,
+    rank_batch,
+    settings,
+    step_batch,
+    tiny_mmdit,
+)
 from test_dit_batches import RULES, TABLE, encoder, rows, write  # noqa: F401 (a fixture)
-from test_parallel import tiny_mmdit
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from osora.config import load_settings
-from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.models.mmdit import MMDIT_TINY
 from osora.store import Store
 from osora.titan.data import _check_osora_loop_only
@@ -32,40 +42,9 @@ from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.ema import EMA
 from osora.train.flow_objective import FlowObjective, LatentBatch
 from osora.train.latent_table import LatentTable
-from osora.train.loop import LoopSettings, Update, train
+from osora.train.loop import Update, train
 from osora.train.parallel import close_distributed, shard_model
 from osora.train.text_source import OnlineText
-
-B = 4  # samples per step
-STEPS = 3
-SEED = 0
-KINDS = ("t2v", "i2v_head", "i2v_tail", "i2v_loop")  # one per sample: conditions differ
-# float64: the same samples split and summed otherwise differ by rounding (~1e-16) only
-TOL = {"rtol": 1e-12, "atol": 1e-13}
-
-
-def step_batch(step: int) -> LatentBatch:
-    """The step's batch of B samples in float64: latents, masked text, pooled, conditions."""
-    g = torch.Generator().manual_seed(1000 + step)
-    cfg, t = MMDIT_TINY, 3
-    latent = torch.randn(B, cfg.in_channels, t, 4, 6, generator=g, dtype=torch.float64)
-    text = torch.randn(B, 5, cfg.text_dim, generator=g, dtype=torch.float64)  # (B, L, D)
-    mask = torch.rand(B, 5, generator=g) > 0.4  # (B, L)
-    mask[:, 0] = True
-    cond = build_cond(torch.randn(latent.shape, generator=g, dtype=torch.float64),
-                      torch.stack([condition_mask(k, t) for k in KINDS]))  # (B, C + 1, T, H, W)
-    pooled = torch.randn(B, cfg.vec_dim, generator=g, dtype=torch.float64)
-    return LatentBatch(latent, text, pooled, mask, cond)
-
-
-def adamw(model: nn.Module) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-
-
-def settings(steps: int, **kw) -> LoopSettings:
-    # a clip that bites (the tiny model's gradient norm is ~1): the norm is the whole batch's
-    return LoopSettings(steps=steps, grad_clip=0.5, log_every=1, seed=SEED,
-                        checkpoint_every=kw.pop("checkpoint_every", 10**6), **kw)
 
 
 @dataclasses.dataclass
@@ -183,12 +162,6 @@ def test_torchtitan_refuses_what_only_osoras_loop_does():
 
 # ---- 2 ranks under FSDP2 --------------------------------------------------------------------
 
-WORLD = 2
-
-
-def rank_batch(step: int, rank: int) -> LatentBatch:
-    """Rank `rank`'s part of the step's batch: B / WORLD samples (two micro-batches of 1)."""
-    return step_batch(step).split(WORLD)[rank]
 
 
 class RanksInOneProcess:

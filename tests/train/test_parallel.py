@@ -31,11 +31,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from free_port import free_port
+from mmdit_cases import tiny_mmdit
 from torch import nn
 
 from osora.diffusion.conditioning import build_cond, condition_mask
 from osora.models.dcae import DCAE, DCAE_TINY
-from osora.models.mmdit import MMDIT_TINY, MMDiT
+from osora.models.mmdit import MMDIT_TINY
 from osora.train.ae_setup import DCAE_SHARD_UNITS as UNITS
 from osora.train.dit_setup import MMDIT_SHARD_UNITS
 from osora.train.parallel import (
@@ -80,17 +81,6 @@ def dcae_batch() -> tuple[torch.Tensor]:
 def dcae_loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
     (x,) = batch
     return (model(x) - x).abs().mean()  # L1 reconstruction
-
-
-def tiny_mmdit() -> MMDiT:
-    """MMDIT_TINY with every weight drawn (its zero-initialised output layer would make every
-    other gradient zero and the comparison empty)."""
-    torch.manual_seed(0)
-    model = MMDiT(MMDIT_TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.05)
-    return model
 
 
 def mmdit_batch() -> tuple[torch.Tensor, ...]:
