@@ -10,9 +10,9 @@
     osora weights import diffusers DIR DST   an exported diffusers folder → the checkpoint
     osora weights export diffusers CKPT DIR  a checkpoint → a folder diffusers loads
     osora weights merge-lora BASE ADAPTER OUT   a LoRA adapter merged into its base
-    osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   RECIPE Table 3 from runs / ahead
+    osora cost [--forecast THROUGHPUT.yaml] [--profile paper]   the paper's Table 3, run or ahead
     osora tune buckets [--profile paper] [--dry-run]   per-bucket batch sizes → params/buckets.yaml
-    osora eval study|serve|analyze …   blinded pairwise human-preference studies (RECIPE §7)
+    osora eval study|serve|analyze …   blinded pairwise human-preference studies (docs/recipe.md §7)
     osora report [--run ID …] [--stage NAME …] [--out reports/runs.html]   compare MLflow runs
     osora dvc-deps --check|--write         dvc.yaml's code deps: each stage's import closure
 """

@@ -1,4 +1,4 @@
-"""`osora cost`: RECIPE Table 3's layout (stage, data, CP, iterations, devices, GPU-days, USD)
+"""`osora cost`: Table 3 (docs/recipe.md §6: stage, data, CP, iterations, devices, GPU-days, USD)
 from the DiT stages' MLflow runs, and a forecast of the same table before a recipe is launched.
 
 Report: the newest finished run of each `dit_<stage>` stage gives its clips (`train_clips`),
@@ -8,7 +8,7 @@ by every stage run). A CPU run's devices are its processes ("2 CPU"); it has no 
 USD is that of the CPU core-hours.
 
 Forecast: from measured throughput per bucket — samples per second per GPU at the bucket's
-batch size (e.g. RECIPE Table 5: 12.7 videos/s on 8 H200s at 5–33 frames = 1.59 per GPU) — and
+batch size (docs/recipe.md §6, Table 5: 12.7 videos/s on 8 H200s at 5–33 frames = 1.59/GPU) — and
 the share of the stage's samples in each bucket, with the batch sizes of params/buckets.yaml:
 a step on bucket b takes batch_b / (throughput_b · CP) seconds (batch sizes are per CP group);
 buckets come up in proportion to their global batches (`bucket_batches`: share_b / batch_b):

@@ -1,4 +1,4 @@
-"""The one text format that carries fps and motion score into the model (RECIPE §1, §5.3).
+"""The one text format that carries fps and motion score into the model (docs/recipe.md §1, §5.3).
 
 Training captions and inference prompts both go through `conditioned_text`, so the model sees
 the same format at both ends. (The reference code trains on "<caption> 24 FPS, 4 motion

@@ -48,7 +48,7 @@ VIDEOS = pa.schema(
     ]
 )
 
-# Preprocessing verdict per raw video (RECIPE §1): every video keeps a row, dropped or not.
+# Preprocessing verdict per raw video (docs/recipe.md §1): every video keeps a row, dropped or not.
 PREPROCESS = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # the video's id

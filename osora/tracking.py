@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 # MLflow 3's experiment kind for model training, the value the UI's own kind setting writes
 # (GenAI experiments open on traces). The 3.17 UI picks its view by the sidebar's "GenAI /
-# Model training" switch instead, kept per browser: README "Tracking and cost" gives the
-# address that opens the runs table.
+# Model training" switch instead, kept per browser: docs/operations.md "Tracking and cost" gives
+# the address that opens the runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # Variables DVC sets for a stage's command under `dvc exp run` (also --temp and queued runs:

@@ -1,4 +1,4 @@
-"""DVC stage `ae_eval`: PSNR, SSIM and LPIPS of the chosen AE on held-out clips (RECIPE
+"""DVC stage `ae_eval`: PSNR, SSIM and LPIPS of the chosen AE on held-out clips (docs/recipe.md
 Table 1's columns), with its D_info and D_token, to MLflow and DVC metrics."""
 
 import argparse

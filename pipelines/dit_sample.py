@@ -24,7 +24,7 @@ from osora.tracking import stage_run
 
 STAGE = "dit_sample"
 PARAMS = ("dit.sample", "dit.text", "dit.train", "eval.follow", "data.scores.motion")
-SUMMARY_SHEET = "contact_sheet_summary.png"  # a few rows to share (the README shows one)
+SUMMARY_SHEET = "contact_sheet_summary.png"  # a few rows to share (docs/evaluation.md shows one)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """DVC stages `dit_stage1`, `dit_stage2`, …: train the MMDiT with flow matching on a latents
-table (RECIPE §4–§6), one stage per run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
+table (docs/recipe.md §4–§6), a stage a run: `--stage NAME` picks params/dit.yaml:train.stages.NAME
 and params/buckets.yaml:stages.NAME.
 
 Started by `python -m osora.launch` (dvc.yaml): torchrun with params/launch.yaml's ranks, one

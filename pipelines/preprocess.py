@@ -1,4 +1,4 @@
-"""DVC stage `preprocess`: the keep/drop verdict of RECIPE §1 for every ingested video."""
+"""DVC stage `preprocess`: the keep/drop verdict of docs/recipe.md §1 for every ingested video."""
 
 from collections import Counter
 

@@ -1,5 +1,5 @@
 """DVC stage `vbench`: sample VBench's prompt suite with the last stage's MMDiT and score it
-(osora.eval.vbench; RECIPE §7).
+(osora.eval.vbench; docs/recipe.md §7).
 
 Each prompt of the selected dimensions is rendered params/eval.yaml vbench.videos_per_prompt
 times as `{prompt}-{index}.mp4` (video i with seed + i, recorded in its sidecar) at

@@ -1,4 +1,4 @@
-"""Cost accounting against the paper's own arithmetic (RECIPE.md §6, Table 3)."""
+"""Cost accounting against the paper's own arithmetic (docs/recipe.md §6, Table 3)."""
 
 import pytest
 

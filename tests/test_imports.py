@@ -1,4 +1,4 @@
-"""Import hygiene (DESIGN.md, light imports): the model and training-loop modules need only
+"""Light imports (docs/architecture.md): the model and training-loop modules need only
 torch/numpy/einops, so a GPU machine with bare torch can run them; and no osora module imports
 torchvision, whose registry wheel is a CUDA build that breaks CPU torch."""
 

@@ -1,4 +1,4 @@
-"""`osora cost`: RECIPE Table 3's layout from the logged DiT stage runs, or (`--forecast FILE`)
+"""`osora cost`: Table 3 (docs/recipe.md §6) from the logged DiT stage runs, or (`--forecast FILE`)
 forecast from measured per-bucket throughput before a recipe is launched."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("cost", help="GPU-days and USD per training stage (RECIPE Table 3)",
+    p = sub.add_parser("cost", help="GPU-days and USD per training stage (docs/recipe.md Table 3)",
                        description=__doc__)
     p.add_argument("--profile", default="tiny", help="params profile (stages, batch sizes)")
     p.add_argument("--forecast", type=Path, help="a throughput table (see "

@@ -1,4 +1,4 @@
-"""`osora eval`: evaluation (RECIPE §7).
+"""`osora eval`: evaluation (docs/recipe.md §7).
 
     osora eval study --model NAME=DIR --model NAME=DIR [...] --out DIR [--seed N]
     osora eval serve STUDY_DIR [--port N]
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     """`osora eval` and its sub-commands; each `_add_*` registers one on the `eval` parser."""
-    p = sub.add_parser("eval", help="evaluation: human-preference studies, VBench (RECIPE §7)",
+    p = sub.add_parser("eval", help="human-preference studies, VBench (docs/recipe.md §7)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_subparsers(dest="what", required=True)
     _add_study(what)

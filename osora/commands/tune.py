@@ -1,4 +1,4 @@
-"""`osora tune buckets`: the per-bucket batch-size search of RECIPE §6 for params/tune.yaml's
+"""`osora tune buckets`: per-bucket batch-size search (docs/recipe.md §6) for params/tune.yaml's
 stage, model and hardware; the batch sizes go into params/buckets.yaml (--dry-run: printed
 only). Studies live in params/tune.yaml `storage` (default sqlite optuna/tune.db); watch them
 with `optuna-dashboard sqlite:///optuna/tune.db`."""
@@ -9,7 +9,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("tune", help="search per-bucket batch sizes (RECIPE §6)",
+    p = sub.add_parser("tune", help="search per-bucket batch sizes (docs/recipe.md §6)",
                        description=__doc__)
     what = p.add_subparsers(dest="what", required=True)
     b = what.add_parser("buckets", help="the largest batch per bucket that fits and keeps pace",

@@ -1,4 +1,4 @@
-"""params/ae.yaml: the autoencoder stages (RECIPE.md §2): the Video DC-AE this project trains,
+"""params/ae.yaml: the autoencoder stages (docs/recipe.md §2): the Video DC-AE this project trains,
 its training, its evaluation on held-out clips, and the latent precompute for DiT training."""
 
 from typing import Literal
@@ -74,7 +74,7 @@ class DistillParams(Params):
 
 
 class AETrainParams(Params):
-    """Video DC-AE training (RECIPE §2): phase 1 L1 + perceptual, phase 2 adds adversarial."""
+    """Video DC-AE training (docs/recipe.md §2): phase 1 L1 + perceptual, phase 2 + adversarial."""
 
     frames: int = Field(ge=1, description="frames per training window")
     crop: int = Field(ge=8, description="square crop side of a training window, px")
@@ -128,7 +128,7 @@ class TileParams(Params):
 
 
 class AEEvalParams(Params):
-    """Reconstruction metrics on held-out clips (the columns of RECIPE Table 1)."""
+    """Reconstruction metrics on held-out clips (the columns of docs/recipe.md Table 1)."""
 
     frames: int = Field(ge=1, description="frames of each clip evaluated, from its start")
     short_side: int | None = Field(

@@ -1,5 +1,5 @@
 """params/buckets.yaml: per training stage, each bucket's batch size per rank and the
-probability an item of it is kept in an epoch (RECIPE §6, Tables 5–6; the batch-size search
+probability an item of it is kept in an epoch (docs/recipe.md §6, Tables 5–6; the batch-size search
 writes this file). Buckets are keyed by their frame count (1: images)."""
 
 from pydantic import Field

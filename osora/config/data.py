@@ -1,4 +1,4 @@
-"""params/data.yaml: the data pyramid's stages, one section per stage (RECIPE.md §1)."""
+"""params/data.yaml: the data pyramid's stages, one section per stage (docs/recipe.md §1)."""
 
 import re
 from typing import Literal
@@ -98,7 +98,7 @@ class IngestParams(Params):
 
 
 class PreprocessParams(Params):
-    """Drop rules for raw videos (RECIPE §1): a video is dropped when any rule holds."""
+    """Drop rules for raw videos (docs/recipe.md §1): a video is dropped when any rule holds."""
 
     min_duration_s: float = Field(ge=0.0, description="drop shorter videos")
     min_bits_per_pixel: float = Field(ge=0.0, description="drop when bit_rate/(w·h·fps) is lower")
@@ -312,7 +312,7 @@ class LocalCaptionParams(Params):
 
 
 class CaptionsParams(Params):
-    """Captioning clips (RECIPE §1): the clip's own sidecar/manifest caption, or a VLM behind
+    """Captions (docs/recipe.md §1): the clip's own sidecar/manifest caption, or a VLM behind
     an OpenAI-compatible endpoint, or a local transformers VLM; one prompt for both VLMs."""
 
     backend: Literal["sidecar", "openai", "local"]

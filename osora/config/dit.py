@@ -1,4 +1,4 @@
-"""params/dit.yaml: the diffusion transformer (RECIPE.md §3–§5): its architecture, its text
+"""params/dit.yaml: the diffusion transformer (docs/recipe.md §3–§5): its architecture, its text
 encoder, the image/video conditioning of training, and the defaults of sampling."""
 
 from typing import Literal
@@ -60,7 +60,7 @@ class TextParams(Params):
 
 
 class ConditioningParams(Params):
-    """Image/video conditioning and the dropouts of training (RECIPE §5)."""
+    """Image/video conditioning and the dropouts of training (docs/recipe.md §5)."""
 
     weights: dict[ConditionKind, float] = Field(
         description="sampling weight of each condition kind (reference: t2v 1, i2v_head 5, "
@@ -103,7 +103,7 @@ class FirstFrameParams(Params):
 
 
 class SampleParams(Params):
-    """Defaults of `osora sample` (RECIPE §5); the command line overrides each."""
+    """Defaults of `osora sample` (docs/recipe.md §5); the command line overrides each."""
 
     frames: int = Field(ge=1, description="video frames (must fit the AE: DC-AE k·4, "
                         "HunyuanVAE 1 + k·4)")
@@ -154,7 +154,7 @@ class LoraParams(Params):
 
 
 class DiTStageParams(Params):
-    """One training stage (RECIPE §6): its data, where it starts and how long it runs."""
+    """One training stage (docs/recipe.md §6): its data, where it starts and how long it runs."""
 
     latents: str = Field(min_length=1, description="the latent set it trains on: a key of "
                          "params/ae.yaml latents.sets (table latents_<set>)")
@@ -206,7 +206,7 @@ class RecoveryParams(Params):
 
 
 class DiTTrainParams(Params):
-    """What every DiT stage shares: the optimizer of RECIPE §4 and the run's mechanics."""
+    """What every DiT stage shares: the optimizer of docs/recipe.md §4 and the run's mechanics."""
 
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]

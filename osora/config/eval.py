@@ -1,4 +1,4 @@
-"""params/eval.yaml: evaluation beyond the sample stage's prompt following (RECIPE §7) — the
+"""params/eval.yaml: evaluation beyond the sample stage's prompt following (docs/recipe.md §7) — the
 prompt-following protocol of dit_sample and the VBench stage (osora.eval.vbench)."""
 
 from pydantic import Field, field_validator

@@ -1,4 +1,4 @@
-"""Clips (RECIPE §1): shots cut into 2–8 s H.264 training clips, every clip of a video written
+"""Clips (docs/recipe.md §1): shots cut into 2–8 s H.264 clips, every clip of a video written
 by one ffmpeg process.
 
 Rules, in source frames (a video's frames as decoded, numbered from 0):

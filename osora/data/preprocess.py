@@ -1,4 +1,4 @@
-"""Preprocessing (RECIPE §1): the first, cheapest filter of the pyramid, judged on probe numbers.
+"""Preprocessing (docs/recipe.md §1): the first, cheapest filter of the pyramid, on probe numbers.
 
 Every ingested video gets a `preprocess` row, kept or not, so a dropped video is never lost and
 changing a threshold only re-judges the table. A video is dropped when any rule holds:

@@ -123,7 +123,7 @@ def passes(view: pa.Table, level: PyramidLevel, ran: dict[str, bool]) -> np.ndar
 
 def _mostly_sharp(laplacian: pa.ChunkedArray, threshold: float) -> np.ndarray:
     """(N,) bool: fewer than half of each clip's frames are blurry (variance < threshold);
-    the majority vote of RECIPE §1. A clip without measurements fails."""
+    the majority vote of docs/recipe.md §1. A clip without measurements fails."""
     lists = laplacian.combine_chunks()
     counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
     counts = np.nan_to_num(counts.astype(np.float64), nan=0.0)

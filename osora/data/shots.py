@@ -1,4 +1,4 @@
-"""Shot analysis (RECIPE §1): scene cuts and the black-border crop of a video, in one decode.
+"""Shot analysis (docs/recipe.md §1): scene cuts and the black-border crop, in one decode.
 
 ffmpeg decodes the video once and every frame goes through one linear filter chain:
 

@@ -21,7 +21,7 @@ from osora.media.ffmpeg import BITEXACT_FLAGS, run_ffmpeg, segment_output
 
 # Stream copy keeps the source's pixels, so the source must already be what a re-encoded clip
 # is: 8-bit 4:2:0 (yuvj420p is the same with full-range levels, which its header says), in a
-# profile every H.264 decoder plays (preprocessing drops Constrained Baseline, RECIPE §1).
+# profile every H.264 decoder plays (preprocessing drops Constrained Baseline, docs/recipe.md §1).
 COPY_PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p"})
 COPY_PROFILES = frozenset({"Baseline", "Main", "High"})
 # Relative difference allowed between a clip's frame rate and the planned one: a copied clip's

@@ -403,7 +403,7 @@ def _text_layout(text: str, pic_h: int, pic_w: int) -> tuple[int, tuple[Box, ...
 
 
 # ---------------------------------------------------------------------------------------------
-# Captions: the six aspects a VLM caption covers (RECIPE §1): subject, action, background,
+# Captions: the six aspects a VLM caption covers (docs/recipe.md §1): subject, action, background,
 # lighting, camera, style.
 
 

@@ -1,4 +1,4 @@
-"""Flow matching, conditioning, guidance and sampling of the MMDiT (RECIPE §4–§5).
+"""Flow matching, conditioning, guidance and sampling of the MMDiT (docs/recipe.md §4–§5).
 
 - flow: the resolution-dependent time shift α, logit-normal training timesteps, the noisy latent
   and the velocity loss. One shift function serves training and inference for any patch size.

@@ -1,4 +1,4 @@
-"""Image/video conditioning and the dropouts of training (RECIPE §5).
+"""Image/video conditioning and the dropouts of training (docs/recipe.md §5).
 
 A condition marks latent frames whose content is given: the condition tensor is
 [mask (1 ch), mask·latent (C ch)] — (B, C+1, T, H, W) — which the model takes beside the noisy

@@ -1,4 +1,4 @@
-"""Rectified flow of Open-Sora 2.0 (RECIPE §4): timesteps, the resolution shift, the loss.
+"""Rectified flow of Open-Sora 2.0 (docs/recipe.md §4): timesteps, the resolution shift, the loss.
 
 Convention (the reference code's): t = 1 is pure noise, t = 0 is data.
 
@@ -39,7 +39,7 @@ _TOKENS_HI, _ALPHA_HI = 4096, 3.0
 def resolution_shift(
     latent_frames: int, latent_height: int, latent_width: int, patch_size: int
 ) -> float:
-    """The time-shift α for a latent of T×H×W and a spatial patch size p (RECIPE §4).
+    """The time-shift α for a latent of T×H×W and a spatial patch size p (docs/recipe.md §4).
 
     α = (L/1920 + 13/15)·√T with L = (H/p)·(W/p) tokens per latent frame; for images (T = 1) the
     √T factor is 1. The same value is used to shift training timesteps and the sampling schedule.

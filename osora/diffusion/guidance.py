@@ -1,4 +1,4 @@
-"""Decoupled image/text guidance with oscillation and a dynamic image scale (RECIPE §5).
+"""Decoupled image/text guidance with oscillation and a dynamic image scale (docs/recipe.md §5).
 
 Three velocities per step — v(∅,∅): negative text, no image; v(∅,img): negative text with the
 image condition; v(txt,img): prompt and image — combine as

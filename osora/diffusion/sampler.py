@@ -1,4 +1,4 @@
-"""Euler sampling of the flow with decoupled guidance (RECIPE §5).
+"""Euler sampling of the flow with decoupled guidance (docs/recipe.md §5).
 
 The schedule is linspace(1, 0, N+1) shifted by α (`flow.resolution_shift`, the same α training
 used); each step runs the model once on the guidance passes concatenated along the batch:

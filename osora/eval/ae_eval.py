@@ -1,4 +1,4 @@
-"""Reconstruction quality of a video AE on held-out clips: the columns of RECIPE Table 1.
+"""Reconstruction quality of a video AE on held-out clips: the columns of docs/recipe.md Table 1.
 
 Each clip is cut to what the AE accepts (its frame rule, sides a multiple of its spatial
 factor, centred), encoded and decoded (tiled when asked) and compared frame by frame.
@@ -40,7 +40,7 @@ def reconstruct(ae, x: torch.Tensor, tile: TileSpec | None) -> torch.Tensor:
 
 def compression(ae, dit_patch: int) -> dict[str, float]:
     """D_info (input values per latent value) and D_token (pixels per DiT token: the DiT's
-    patch is 1 × dit_patch × dit_patch) of an AE: RECIPE Table 1 and §2."""
+    patch is 1 × dit_patch × dit_patch) of an AE: docs/recipe.md Table 1 and §2."""
     return {
         "d_info": d_info(ae.temporal_down, ae.spatial_down, ae.latent_channels),
         "d_token": d_token(ae.temporal_down, ae.spatial_down, 1, dit_patch),

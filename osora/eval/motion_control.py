@@ -1,7 +1,7 @@
 """Motion control: does a generated video move as much as its prompt's motion score asks?
 
 Training captions state each clip's motion score, the clip's mean VMAF motion rounded
-(osora.data.scores.motion, RECIPE §1). A generated video is measured the same way, so the score
+(osora.data.scores.motion, docs/recipe.md §1). A generated video is measured alike, so the score
 asked for and the score measured are in the same units, and the Spearman rank correlation
 between them says whether more asked gives more (osora.eval.sample_eval reports it with its
 interval). numpy only.

@@ -1,4 +1,4 @@
-"""Reconstruction metrics of a video autoencoder: PSNR, SSIM, LPIPS (RECIPE §2, Table 1).
+"""Reconstruction metrics of a video autoencoder: PSNR, SSIM, LPIPS (docs/recipe.md §2, Table 1).
 
 Conventions, as in the video-AE papers' evaluation code (common_metrics_on_video_quality):
 - every metric is computed per frame and averaged over the frames of a video, giving one value

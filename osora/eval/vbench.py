@@ -1,4 +1,4 @@
-"""A VBench evaluation of a folder of VBench-named videos (RECIPE §7): every selected dimension
+"""VBench on a folder of VBench-named videos (docs/recipe.md §7): every selected dimension
 is scored by VBench itself when its weights and VBench's executable are given, by osora when it
 needs no learned weights (temporal flickering), else reported as not evaluated with the reason,
 never filled in. Where both ran, the two scores are reported side by side as a check.

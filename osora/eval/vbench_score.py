@@ -1,4 +1,4 @@
-"""VBench's summary scores from its 16 per-dimension results (RECIPE §7), as VBench's leaderboard
+"""VBench's summary scores of its 16 dimensions (docs/recipe.md §7), as VBench's leaderboard
 computes them (scripts/constant.py and cal_final_score.py of Vchitect/VBench):
 
 - each dimension's raw score is min–max normalised with VBench's constants and weighted

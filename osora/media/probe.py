@@ -2,7 +2,7 @@
 
 `probe` opens the container, decodes the first frame and checks that the packets run to the end
 the container claims, so a file that opens but holds no decodable picture, or that was cut short
-(a partial download whose header survived), counts as unreadable too (RECIPE §1 drops
+(a partial download whose header survived), counts as unreadable too (docs/recipe.md §1 drops
 unreadable/broken videos). It never decodes a frame larger than MAX_PIXELS, so a header claiming
 absurd dimensions cannot exhaust memory.
 
@@ -61,7 +61,7 @@ class VideoInfo:
 
     @property
     def aspect_ratio(self) -> float:
-        """Width over height, the ratio RECIPE §1 bounds to [1/3, 3]."""
+        """Width over height, the ratio docs/recipe.md §1 bounds to [1/3, 3]."""
         return self.width / self.height
 
 
@@ -148,7 +148,7 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
 
 
 def bits_per_pixel(info: VideoInfo) -> float:
-    """bitrate / (w·h·fps): how many bits the encoder spent per pixel per frame (RECIPE §1
+    """bitrate / (w·h·fps): how many bits the encoder spent per pixel per frame (docs/recipe.md §1
     drops videos under 0.02, which are too compressed to show detail)."""
     pixels_per_s = info.width * info.height * info.fps
     if pixels_per_s <= 0:

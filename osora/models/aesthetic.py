@@ -2,7 +2,7 @@
 
 The released head (`sac+logos+ava1-l14-linearMSE`, trained on CLIP ViT-L/14 embeddings,
 d = 768) was fitted on L2-normalised embeddings and predicts a 1–10 rating; most video frames
-score 4.5–5.5 (RECIPE §1). The layer layout here matches its state dict exactly (`layers.0`,
+score 4.5–5.5 (docs/recipe.md §1). The layer layout here matches its state dict exactly (`layers.0`,
 `layers.2`, `layers.4`, `layers.6`, `layers.7`; the dropouts hold no weights), so the released
 weights, converted to safetensors, load with `strict=True`.
 """

@@ -1,4 +1,4 @@
-"""What every video autoencoder exposes, and the compression arithmetic of RECIPE §2.
+"""What every video autoencoder exposes, and the compression arithmetic of docs/recipe.md §2.
 
 A video AE maps pixels (B, 3, T, H, W) to latents (B, C, T', H', W') with H' = H / sd,
 W' = W / sd and, in time, one of two rules:
@@ -8,8 +8,8 @@ W' = W / sd and, in time, one of two rules:
 
 The DiT then cuts the latent grid into patches (P_T × P_H × P_W); a token covers
 D_token = D_T·D_H·D_W·P_T·P_H·P_W pixels, and a latent element carries D_info = D_T·D_H·D_W·3 / C
-input values (RECIPE Table 1). `tokens` turns a video size into the DiT's sequence length; it
-reproduces the token counts of RECIPE Tables 5–6 exactly (see tests/models/test_autoencoder.py).
+input values (docs/recipe.md §2). `tokens` turns a video size into the DiT's sequence length; it
+reproduces the token counts of Tables 5–6 (docs/recipe.md §6; tests/models/test_autoencoder.py).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class VideoAutoencoder(Compression, Protocol):
 
 @dataclass(frozen=True)
 class AutoencoderSpec:
-    """One row of RECIPE Table 1: an AE's compression, without its weights.
+    """One row of docs/recipe.md Table 1: an AE's compression, without its weights.
 
     It satisfies `Compression`, so `latent_shape` and `tokens` take it like a real AE.
-    `scaling_factor` is None where RECIPE gives none.
+    `scaling_factor` is None where the recipe gives none.
     """
 
     name: str
@@ -84,7 +84,7 @@ class AutoencoderSpec:
         return d_info(self.temporal_down, self.spatial_down, self.latent_channels)
 
 
-# RECIPE Table 1 (paper §3.1). down = T×H×W.
+# docs/recipe.md Table 1 (paper §3.1). down = T×H×W.
 OPEN_SORA_1_2 = AutoencoderSpec("Open-Sora 1.2", 4, 8, 4, causal=True)
 STEP_VIDEO_VAE = AutoencoderSpec("StepVideo VAE", 8, 16, 64, causal=True)
 HUNYUAN_VIDEO_VAE = AutoencoderSpec("HunyuanVideo VAE", 4, 8, 16, causal=True,
@@ -157,7 +157,7 @@ def latent_shape(frames: int, height: int, width: int,
 
 
 def d_info(temporal_down: int, spatial_down: int, channels: int) -> float:
-    """Input values per latent value: D_T·D_H·D_W·3 / C (RECIPE Table 1)."""
+    """Input values per latent value: D_T·D_H·D_W·3 / C (docs/recipe.md Table 1)."""
     _check_positive("temporal_down", temporal_down)
     _check_positive("spatial_down", spatial_down)
     _check_positive("channels", channels)
@@ -165,7 +165,7 @@ def d_info(temporal_down: int, spatial_down: int, channels: int) -> float:
 
 
 def d_token(temporal_down: int, spatial_down: int, patch_t: int = 1, patch_s: int = 1) -> int:
-    """Pixels (T·H·W) per DiT token: D_T·D_H·D_W·P_T·P_H·P_W (RECIPE §2)."""
+    """Pixels (T·H·W) per DiT token: D_T·D_H·D_W·P_T·P_H·P_W (docs/recipe.md §2)."""
     for name, value in (("temporal_down", temporal_down), ("spatial_down", spatial_down),
                         ("patch_t", patch_t), ("patch_s", patch_s)):
         _check_positive(name, value)

@@ -1,4 +1,4 @@
-"""Video DC-AE: the deep-compression video autoencoder of Open-Sora 2.0 (RECIPE §2).
+"""Video DC-AE: the deep-compression video autoencoder of Open-Sora 2.0 (docs/recipe.md §2).
 
 A deterministic (no KL), non-causal 3D-conv autoencoder that compresses a video 4× in time and
 32× in space into `latent_channels` channels: (B, 3, T, H, W) → (B, c, T/4, H/32, W/32).

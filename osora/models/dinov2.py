@@ -1,4 +1,4 @@
-"""DINOv2 latent distillation for the Video DC-AE (RECIPE §2): teacher, patch features, loss.
+"""DINOv2 latent distillation for the Video DC-AE (docs/recipe.md §2): teacher, features, loss.
 
 Open-Sora 2.0 aligns the encoder's third-stage features with DINOv2 features, so the latent
 space picks up semantic structure a diffusion model learns faster on (the idea of VA-VAE, Yao

@@ -1,4 +1,4 @@
-"""3D PatchGAN discriminator for phase 2 of Video DC-AE training (RECIPE §2).
+"""3D PatchGAN discriminator for phase 2 of Video DC-AE training (docs/recipe.md §2).
 
 Phase 2 adds 0.05·hinge adversarial loss (osora.models.losses) from a 3D discriminator trained
 with its own AdamW (lr 1e-4). The discriminator sees whole clips, so it can penalise temporal

@@ -1,4 +1,4 @@
-"""HunyuanVideo's causal 3D VAE, the AE of the released Open-Sora 2.0 11B model (RECIPE §2).
+"""HunyuanVideo's causal 3D VAE, the AE of the released Open-Sora 2.0 11B model (docs/recipe.md §2).
 
 A KL autoencoder that compresses a video 4× in time and 8× in space into 16 channels:
 (B, 3, T, H, W) → (B, 16, 1 + (T−1)/4, H/8, W/8); T must be 1 + 4k (129 → 33; 1 = an image).

@@ -1,4 +1,4 @@
-"""Adversarial losses of Video DC-AE phase 2 (RECIPE §2): the hinge GAN loss, as pure functions.
+"""Adversarial losses of Video DC-AE phase 2 (docs/recipe.md §2): hinge GAN loss, pure functions.
 
 The hinge loss (Lim & Ye 2017, "Geometric GAN"; used by SAGAN, BigGAN, taming-transformers'
 VQGAN and Open-Sora) trains the discriminator to push real logits above +1 and fake logits below

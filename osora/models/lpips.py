@@ -1,7 +1,7 @@
 """LPIPS, the learned perceptual distance (Zhang et al. 2018), "vgg" variant: a metric and a loss.
 
 Video autoencoders train on L1 + 0.5·LPIPS and report LPIPS in their reconstruction tables
-(RECIPE §2). The layout follows the released LPIPS v0.1 model exactly:
+(docs/recipe.md §2). The layout follows the released LPIPS v0.1 model exactly:
 
 1. scaling: x in [-1, 1] → (x − shift) / scale, per RGB channel (the LPIPS constants below);
 2. a VGG16 trunk, tapped after relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3;

@@ -1,4 +1,4 @@
-"""MMDiT: the FLUX-style diffusion transformer of Open-Sora 2.0 (RECIPE §3, §5).
+"""MMDiT: the FLUX-style diffusion transformer of Open-Sora 2.0 (docs/recipe.md §3, §5).
 
 A noisy latent video (B, C, T, H, W) is cut into 1×p×p patches, one token each, in row-major
 (t, h, w) order. The T5 text sequence is projected to the hidden width and precedes the video

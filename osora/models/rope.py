@@ -1,4 +1,4 @@
-"""3D rotary position embedding (RoPE) of the MMDiT (RECIPE §3), as pure functions.
+"""3D rotary position embedding (RoPE) of the MMDiT (docs/recipe.md §3), as pure functions.
 
 Every token carries an integer position per axis, (t, h, w): text tokens all 0 (no rotation),
 video tokens their latent-grid coordinates after patchify, from 0. The head dimension D is split

@@ -1,4 +1,4 @@
-"""Text conditioning (RECIPE §3, §5): prompts → a token sequence, its mask and a pooled vector.
+"""Text conditioning (docs/recipe.md §3, §5): prompts → tokens, their mask, a pooled vector.
 
 The DiT takes two text inputs: a sequence (B, L, D_seq) its text stream attends to, and a pooled
 vector (B, D_vec) added to the timestep embedding that drives the adaLN modulation. Encoders:

@@ -1,7 +1,7 @@
 """Encode and decode videos of any size with overlapping tiles and linear blending.
 
 A high-resolution video does not fit an AE in one pass, so it is cut into overlapping tiles in
-time, height and width (RECIPE §2: reference 256 px spatial tiles, 32-frame temporal tiles,
+time, height and width (docs/recipe.md §2: reference 256 px spatial tiles, 32-frame temporal tiles,
 overlap 0.25; HunyuanVAE 256 px, 64 frames, 0.25). Each tile goes through the AE on its own and
 the tile outputs are summed into one output buffer with weights that ramp linearly across each
 overlap and sum to 1 everywhere. Only one tile is alive at a time: memory is the output buffer

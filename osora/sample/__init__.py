@@ -1,4 +1,4 @@
-"""Sampling videos from a trained MMDiT (RECIPE §5): `osora sample`.
+"""Sampling videos from a trained MMDiT (docs/recipe.md §5): `osora sample`.
 
 - conditions: an image or video file → the condition tensor of an i2v / v2v kind;
 - generate: `VideoSampler`, prompts → latents → pixels (text encoder, sampler, AE decoder);

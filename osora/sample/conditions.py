@@ -1,4 +1,4 @@
-"""Condition media (an image or a video file) → the MMDiT's condition tensor (RECIPE §5).
+"""Condition media (an image or a video file) → the MMDiT's condition tensor (docs/recipe.md §5).
 
 The given frames are resized to cover the output size (aspect kept, bicubic with antialias) and
 centre-cropped, encoded by the AE separately from anything generated (as in training), and put

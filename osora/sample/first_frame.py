@@ -1,4 +1,4 @@
-"""The image model of text→image→video (RECIPE §5): it draws the first frame that the video
+"""The image model of text→image→video (docs/recipe.md §5): it draws the first frame that the video
 model then animates (i2v_head). Pluggable: anything with
 
     generate(prompts, seeds, height, width) → (B, 3, 1, height, width) in [-1, 1]

@@ -1,5 +1,5 @@
 """Prompts → videos: the text encoder, the MMDiT sampler (`osora.diffusion.sampler.sample`) and
-the AE decoder glued together (RECIPE §5).
+the AE decoder glued together (docs/recipe.md §5).
 
 Each prompt is stated in the training format (`osora.prompts.conditioned_text`: fps and motion
 score appended), encoded with the negative prompt padded alike, sampled from the noise of its
@@ -27,7 +27,7 @@ from osora.sample.placement import ComponentPlacement, OffloadMode
 
 @dataclass(frozen=True)
 class Guidance:
-    """How to sample: Euler steps and the guidance of RECIPE §5 (`sampler.sample`'s knobs)."""
+    """How to sample: Euler steps and guidance (docs/recipe.md §5) (`sampler.sample`'s knobs)."""
 
     steps: int = 50
     g_img: float = 3.0

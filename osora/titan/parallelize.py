@@ -4,7 +4,7 @@ FLUX order (`parallelize_flux`) with osora's own pieces.
 
 - activation checkpointing: osora.train.activation_checkpoint by block index. torchtitan's
   `activation_checkpoint.mode`: "none"; "full" = every block; "selective" = the first
-  [osora] checkpoint_double / checkpoint_single blocks (osora's per-block selection, RECIPE
+  [osora] checkpoint_double / checkpoint_single blocks (osora's per-block selection, docs/recipe.md
   §6, not torchtitan's per-op SAC); [osora] checkpoint_offload moves saved inputs to CPU.
 - compile (`compile.enable`, "model" in `compile.components`): each block compiled in place
   (`nn.Module.compile`, parameter names unchanged) with `compile.backend`.

@@ -1,4 +1,4 @@
-"""Selective activation checkpointing of the MMDiT by block index (RECIPE §6: stages 1–2 the
+"""Selective activation checkpointing of the MMDiT by block index (docs/recipe.md §6: stages 1–2 the
 first 8 double blocks and every single block; stage 3 every block, with the saved activations
 offloaded to CPU memory).
 

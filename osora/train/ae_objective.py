@@ -1,4 +1,4 @@
-"""The Video DC-AE's training objective (RECIPE §2), as updates of the one training loop.
+"""The Video DC-AE's training objective (docs/recipe.md §2), as updates of the one training loop.
 
 Phase 1 (steps < phase1_steps): L1 + w_p · LPIPS (+ w_d · DINOv2 distillation).
 Phase 2: the same plus w_a · hinge generator loss from a 3D discriminator, which then takes its

@@ -1,4 +1,4 @@
-"""Multi-bucket batches (RECIPE §6): every step trains on one bucket, with that bucket's batch
+"""Multi-bucket batches (docs/recipe.md §6): each step trains on one bucket, with its batch
 size, and every rank derives the same schedule from (seed, epoch) alone, so the ranks agree on
 each step's bucket without talking to each other.
 

@@ -1,4 +1,4 @@
-"""Buckets: the (frames, height, width) a clip is trained at (RECIPE §6).
+"""Buckets: the (frames, height, width) a clip is trained at (docs/recipe.md §6).
 
 A latent set trains at one resolution r: a clip's aspect ratio snaps to the nearest of a list
 (the reference's 2.39:1, 2:1, 16:9, 1.85:1, 3:2, 4:3, 1:1, 5:8 and transposes; or is kept as is
@@ -133,7 +133,7 @@ class BucketSpec:
     frame_counts: the allowed frame counts, each one the AE (temporal_down, causal) accepts;
     aspect_ratios: width/height ratios a clip snaps to (the nearest; empty: its own ratio);
     min_area: a clip whose pixel area is below this fraction of its bucket's is too small for
-    this resolution (RECIPE §6: 0.8; it belongs to a lower resolution's set).
+    this resolution (docs/recipe.md §6: 0.8; it belongs to a lower resolution's set).
     """
 
     resolution: int

@@ -133,7 +133,7 @@ def save(directory: Path, step: int, state: dict[str, Any], keep: int = 2) -> Pa
 
 
 class AsyncSaver:
-    """Saves that overlap training (RECIPE §6: checkpoints in seconds). `save` blocks only while
+    """Saves that overlap training (docs/recipe.md §6: saves in seconds). `save` blocks only while
     DCP copies the state into CPU staging memory; a background thread then writes it, and the
     `.partial` → final rename happens once the write is complete on every rank: at the next
     `save` (one write in flight at a time) or at `wait`. A crash mid-write leaves a `.partial`

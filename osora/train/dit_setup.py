@@ -1,6 +1,6 @@
 """Assembling one DiT training stage from params/dit.yaml and params/buckets.yaml: where its
 model starts (fresh, an earlier stage's weights, or an imported checkpoint), the optimizer of
-RECIPE §4, the flow objective, FSDP2 over the MMDiT's blocks, and the loop's settings."""
+docs/recipe.md §4, the flow objective, FSDP2 over the MMDiT's blocks, and the loop's settings."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def bucket_rules(buckets, stage: str) -> dict[int, BucketRule]:
 
 def build_objective(params, model: MMDiT, stage: str, world_size: int,
                     context: ContextLayout | None = None) -> FlowObjective:
-    """AdamW (RECIPE §4) on the model's trainable parameters, FSDP2-sharded over its blocks
+    """AdamW (docs/recipe.md §4) on the model's trainable parameters, FSDP2-sharded over its blocks
     when world_size > 1; with a context-parallel layout the blocks' attention is swapped for
     attention over each group of ranks (train.cp_attention), which split the sequence. A LoRA
     stage's adapters go in first (before checkpointing, compile and sharding wrap the layers)

@@ -1,4 +1,4 @@
-"""The MMDiT's flow-matching objective (RECIPE §4), as the one update of a training-loop step.
+"""The MMDiT's flow-matching objective (docs/recipe.md §4), as the update of a training-loop step.
 
 A batch holds clean latents of one bucket with their text features (and optionally an image /
 video condition built by osora.diffusion.conditioning). The step draws t (logit-normal, shifted

@@ -1,4 +1,4 @@
-"""Asynchronous CPU offload of saved activations (RECIPE §6, stage 3: "asynchronous CPU offload
+"""CPU offload of saved activations (docs/recipe.md §6, stage 3: "asynchronous CPU offload
 of activations").
 
 A tensor autograd saves for the backward is copied to pinned CPU memory on a side CUDA stream,

@@ -1,4 +1,4 @@
-"""Auto-recovery (RECIPE §6, paper §6): notice what goes wrong in a long run and get back on
+"""Auto-recovery (docs/recipe.md §6, paper §6): notice what goes wrong in a long run and get back on
 track without a person.
 
 - NaN/inf loss, or a loss spike (above mean + k·std of the recent accepted losses): the loop

@@ -1,4 +1,4 @@
-"""Throughput, MFU and memory under torchtitan's metric names (RECIPE §6 reports MFU), so a
+"""Throughput, MFU and memory under torchtitan's metric names (docs/recipe.md §6 reports MFU), so a
 dashboard built for torchtitan reads osora's runs unchanged:
 
     loss_metrics/global_avg_loss, loss_metrics/global_max_loss, grad_norm,

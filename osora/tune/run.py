@@ -1,4 +1,4 @@
-"""The paper's three-step batch-size search for one stage's buckets (RECIPE §6):
+"""The paper's three-step batch-size search for one stage's buckets (docs/recipe.md §6):
 
 1. the reference bucket — the one with the most tokens per sample — gets the largest batch that
    fits in memory;

@@ -1,5 +1,5 @@
 """Import FLUX.1 weights (black-forest-labs/flux) into osora's MMDiT: the initialisation of
-Open-Sora 2.0's diffusion transformer (RECIPE §3).
+Open-Sora 2.0's diffusion transformer (docs/recipe.md §3).
 
 Checkpoint: the original black-forest-labs release, e.g. `flux1-dev.safetensors` (one file),
 or any sharded safetensors folder with a `*.safetensors.index.json` of the same names; local
@@ -24,7 +24,7 @@ osora's MMDiT keeps FLUX's module tree, so the key map (`flux_key_map`) is the i
   function.
 Switching the autoencoder (a config whose C·p² differs from the checkpoint's img_in width or
 final_layer.linear height, e.g. the Video DC-AE's 128 ch × patch 1 against FLUX's 16 × 2²)
-re-initialises img_in and final_layer.linear with the model's own init (RECIPE §3: "when
+re-initialises img_in and final_layer.linear with the model's own init (docs/recipe.md §3: "when
 switching AE, re-initialise input and output layers"); the report says so.
 
 Every problem is an error that lists it: unknown names (pass them in `ignore` to skip; the
@@ -424,7 +424,7 @@ def _flux(
         img_in = (
             f"img_in and final_layer.linear re-initialised with the model's init (seed {seed}):"
             f" the checkpoint's latent width ({in_f} in, {out_f} out) differs from the config's"
-            f" C·p² = {latent} (autoencoder switch, RECIPE §3)"
+            f" C·p² = {latent} (autoencoder switch, docs/recipe.md §3)"
         )
     else:
         zero = config.in_features - latent

@@ -1,5 +1,5 @@
 """Import the released Open-Sora v2 diffusion transformer (hpcaitech/Open-Sora v2,
-`Open_Sora_v2.safetensors`) into osora's MMDiT (RECIPE §3).
+`Open_Sora_v2.safetensors`) into osora's MMDiT (docs/recipe.md §3).
 
 Reference: `opensora/models/mmdit/model.py` (MMDiTModel), `layers.py` (SelfAttention,
 DoubleStreamBlockProcessor, SingleStreamBlock, LigerEmbedND), `math.py` (liger_rope), config

@@ -1,4 +1,4 @@
-"""Clips from the synthetic set via the shot analysis: the cutting rules (RECIPE §1), the files
+"""Clips of the synthetic set via shot analysis: the cutting rules (docs/recipe.md §1), the files
 themselves (decoded with PyAV: frames, rate, size, no black bars, frame-exact bounds), and the
 store (local folder and S3)."""
 

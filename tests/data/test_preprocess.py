@@ -1,4 +1,4 @@
-"""Preprocessing (RECIPE §1): the synthetic set's defects are dropped with exactly their reason,
+"""Preprocessing (docs/recipe.md §1): the synthetic set's defects are dropped with their reason,
 and every threshold keeps a video that sits exactly on it."""
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def test_probe_matches_truth(synth):
 
 
 def test_each_video_fails_exactly_its_own_preprocessing_rule(synth):
-    """RECIPE §1's preprocessing rules applied to probed numbers: clean videos and those meant
+    """The preprocessing rules (docs/recipe.md §1) on probed numbers: clean videos and those meant
     for later filters pass all of them; each defect video breaks only its own."""
     out, videos = synth
     for v in videos:
@@ -204,7 +204,7 @@ def test_clean_shapes_move_as_truth_says(synth):
 
 
 def _laplacian_var(luma: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian, the blur score of RECIPE §1."""
+    """Variance of the 4-neighbour Laplacian, the blur score of docs/recipe.md §1."""
     lap = (luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1]
            - 4 * luma[1:-1, 1:-1])  # (H-2, W-2)
     return float(lap.var())

@@ -1,4 +1,4 @@
-"""Flow matching: the resolution shift (RECIPE §4 examples), timesteps, x_t and the loss against
+"""Flow matching: the resolution shift (docs/recipe.md §4), timesteps, x_t, the loss against
 hand-computed values and float64 references."""
 
 from __future__ import annotations

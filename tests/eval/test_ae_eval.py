@@ -1,5 +1,5 @@
 """AE evaluation: clips cut to what the AE accepts, metrics equal to the reference functions,
-and D_info / D_token of the configured AEs equal to RECIPE Table 1 and §2."""
+and D_info / D_token of the configured AEs equal to docs/recipe.md Table 1 and §2."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Compression arithmetic against RECIPE §2 (Table 1, D_token) and §6 (Tables 5–6 token counts)."""
+"""Compression arithmetic against docs/recipe.md §2 (Table 1, D_token), §6 (Tables 5–6 tokens)."""
 
 from __future__ import annotations
 
@@ -102,14 +102,14 @@ def test_latent_shape_and_errors():
         latent_shape(128, 576, 1000, VIDEO_DC_AE)
 
 
-# ---- tokens: RECIPE §2 and Tables 5–6 ----------------------------------------------------------
+# ---- tokens: docs/recipe.md §2 and Tables 5–6 ----------------------------------------------------
 
 HUNYUAN_P2 = dict(ae=HUNYUAN_VIDEO_VAE, patch=2)
 
 
 def test_tokens_768px_5s_is_76k_with_hunyuan_and_19k_with_dcae():
     # 5 s at 24 fps → 129 = 1 + 32·4 frames (the causal frame count); 768px 16:9 = 576×1024.
-    # latent 33×72×128, patch 2 → 33 × 36 × 64 = 76032 (RECIPE Table 6, 101–129 frames).
+    # latent 33×72×128, patch 2 → 33 × 36 × 64 = 76032 (docs/recipe.md Table 6, 101–129 frames).
     assert tokens(129, 576, 1024, **HUNYUAN_P2) == 33 * 36 * 64 == 76032
     assert tokens(129, 768, 768, **HUNYUAN_P2) == 76032  # the 1:1 bucket has the same count
     assert tokens(121, 576, 1024, **HUNYUAN_P2) == 31 * 2304 == 71424  # 121 frames: not 76K

@@ -1,4 +1,4 @@
-"""Video DC-AE (RECIPE §2): sizes against the reference, shapes, shortcuts, gradients, errors."""
+"""Video DC-AE (docs/recipe.md §2): sizes vs the reference, shapes, shortcuts, gradients, errors."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _counts(cfg: DCAEConfig) -> tuple[int, int]:
 
 def test_param_counts_f32t4c128_match_reference():
     enc, dec = _counts(DCAE_F32T4C128)
-    # RECIPE §2 / the paper: encoder 220M, decoder 239M.
+    # docs/recipe.md §2 / the paper: encoder 220M, decoder 239M.
     assert enc == pytest.approx(220e6, rel=0.01)
     assert dec == pytest.approx(239e6, rel=0.01)
     # Exact counts of this implementation of the reference layer list (regression pin).

@@ -1,4 +1,4 @@
-"""3D PatchGAN discriminator (RECIPE §2 phase 2): reference layout, shapes, errors, learning."""
+"""3D PatchGAN discriminator (docs/recipe.md §2 phase 2): layout, shapes, errors, learning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HunyuanVideo causal 3D VAE (RECIPE §2): size vs the reference, shapes, causality, importer."""
+"""HunyuanVideo causal 3D VAE (docs/recipe.md §2): size, shapes, causality, importer."""
 
 from __future__ import annotations
 

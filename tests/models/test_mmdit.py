@@ -1,4 +1,4 @@
-"""MMDiT (RECIPE §3, §5): the paper's parameter count, shapes, text mask, condition input,
+"""MMDiT (docs/recipe.md §3, §5): the paper's parameter count, shapes, text mask, condition input,
 gradients, init, RoPE-layout conversion, errors."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_param_count_11b_matches_reference():
     double = sum(p.numel() for p in model.double_blocks.parameters())
     single = sum(p.numel() for p in model.single_blocks.parameters())
     ref_total, ref_double, ref_single = reference_counts()
-    # RECIPE §3: 11.891B on the meta device; double 6.457B, single 5.380B.
+    # docs/recipe.md §3: 11.891B on the meta device; double 6.457B, single 5.380B.
     assert ref_total == 11_891_390_528
     assert total == pytest.approx(11.891e9, rel=0.005)
     assert double == pytest.approx(6.457e9, rel=0.005) and double == ref_double

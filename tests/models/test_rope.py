@@ -1,4 +1,4 @@
-"""3D RoPE and joint attention (RECIPE §3) against independent float64 references: explicit
+"""3D RoPE and joint attention (docs/recipe.md §3) against independent float64 references: explicit
 per-pair rotations, relative positions, text positions, the two layouts, plain softmax attention."""
 
 from __future__ import annotations

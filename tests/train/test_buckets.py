@@ -1,4 +1,4 @@
-"""Bucket maths against hand-computed cases and the reference's bucket sizes (RECIPE §6)."""
+"""Bucket maths against hand-computed cases and the reference's bucket sizes (docs/recipe.md §6)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from osora.train.buckets import (
     parse_ratio,
 )
 
-PAPER_FRAMES = tuple(range(5, 130, 4))  # 4k+1 from 5 to 129 (RECIPE Table 5)
+PAPER_FRAMES = tuple(range(5, 130, 4))  # 4k+1 from 5 to 129 (docs/recipe.md Table 5)
 
 
 @pytest.mark.parametrize(
     ("width", "height", "resolution", "multiple", "expected"),
     [
-        # RECIPE §6 reference sizes, HunyuanVideo VAE (8) × patch 2 = 16:
+        # docs/recipe.md §6 reference sizes, HunyuanVideo VAE (8) × patch 2 = 16:
         (1920, 1080, 256, 16, (192, 336)),  # h = 256·√(9/16) = 192, w = 341.3 → 336
         (1080, 1080, 256, 16, (256, 256)),
         (1920, 1080, 768, 16, (576, 1024)),
@@ -122,7 +122,7 @@ REFERENCE_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "3:2", "4:3", "1:1", "5:8
 @pytest.mark.parametrize(
     ("width", "height", "resolution", "expected"),
     [
-        # RECIPE §6 with the HunyuanVideo VAE × patch 2 (multiple 16): clips near 16:9 or 1:1
+        # docs/recipe.md §6 with the HunyuanVideo VAE × patch 2 (×16): clips near 16:9 or 1:1
         # land on the reference's bucket sizes, whatever their exact shape
         (1920, 1080, 256, (192, 336)),
         (1280, 720, 256, (192, 336)),

@@ -1,6 +1,6 @@
 """A 2-rank FSDP2 run under torchrun with asynchronous checkpoints: one rank SIGKILLed mid-run,
 the rerun resumes from the newest complete checkpoint and logs exactly the losses of a run that
-was never interrupted (RECIPE §6: checkpoints complete or absent, never half); one rank hung,
+was never interrupted (docs/recipe.md §6: checkpoints whole or absent); one rank hung,
 the watchdogs end the workers, torchrun restarts them and they finish with the same losses."""
 
 import os

@@ -1,4 +1,4 @@
-"""Captions for clips (RECIPE §1, paper §2.2): one interface, three backends.
+"""Captions for clips (docs/recipe.md §1, paper §2.2): one interface, three backends.
 
 - sidecar: the caption that came with the source video (tiny default; no model);
 - openai: a VLM behind an OpenAI-compatible endpoint (vLLM, a hosted Qwen);

@@ -1,4 +1,4 @@
-"""The six-aspect captioning prompt (RECIPE §1, paper §2.2), shared by every VLM backend.
+"""The six-aspect captioning prompt (docs/recipe.md §1, paper §2.2), shared by every VLM backend.
 
 Both VLM backends send the same words, so a caption's `prompt_version` says exactly what was
 asked. Change the wording → bump PROMPT_VERSION: captions made under different prompts then

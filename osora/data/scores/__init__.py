@@ -1,4 +1,4 @@
-"""Score filters of the data pyramid (RECIPE §1): one scorer per module, one table each.
+"""Score filters of the data pyramid (docs/recipe.md §1): one scorer per module, one table each.
 
 Each scorer is an Operator from a `clips` row to one row of its own table, built from its
 params section and the store settings:

@@ -1,5 +1,5 @@
 """Aesthetic score: CLIP ViT-L/14 + the LAION aesthetic MLP on the first, middle and last
-frame, averaged (RECIPE §1).
+frame, averaged (docs/recipe.md §1).
 
 No weights ship with osora and none are downloaded: `clip_path` is a local transformers folder
 (e.g. openai/clip-vit-large-patch14 saved with `save_pretrained`) and `head_path` a safetensors

@@ -1,4 +1,4 @@
-"""Blur: variance of the Laplacian on uniformly spaced frames (RECIPE §1).
+"""Blur: variance of the Laplacian on uniformly spaced frames (docs/recipe.md §1).
 
 The Laplacian responds to edges; a blurred frame has few sharp ones, so the variance of its
 response is low. The per-frame variances are stored, not a verdict: the pyramid level's

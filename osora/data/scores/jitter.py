@@ -1,5 +1,5 @@
 """Camera jitter: PySceneDetect's frame-to-frame content change, averaged over the clip
-(RECIPE §1).
+(docs/recipe.md §1).
 
 PySceneDetect's ContentDetector scores each frame by the mean absolute change of hue,
 saturation and value from the previous frame (`content_val`); it cuts shots where that

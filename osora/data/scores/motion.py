@@ -1,10 +1,10 @@
-"""Motion: FFmpeg's VMAF motion score, averaged over the clip (RECIPE §1).
+"""Motion: FFmpeg's VMAF motion score, averaged over the clip (docs/recipe.md §1).
 
 vmafmotion blurs each frame's luma with VMAF's 5-tap Gaussian and reports the mean absolute
 difference from the previous blurred frame, in 8-bit luma units (0 for the first frame). It
 measures how much the picture changes, so static shots score near 0 and fast motion or camera
 shake high; the pyramid drops both extremes, and the rounded score is appended to captions
-(motion conditioning, RECIPE §1). Frames wider than `analysis_width` are downscaled first, so
+(motion conditioning, docs/recipe.md §1). Frames wider than `analysis_width` are downscaled, so
 the score does not depend on the clip's resolution and large clips stay cheap.
 """
 

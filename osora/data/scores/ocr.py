@@ -1,4 +1,4 @@
-"""OCR: how much of the picture is covered by text (RECIPE §1), with RapidOCR.
+"""OCR: how much of the picture is covered by text (docs/recipe.md §1), with RapidOCR.
 
 RapidOCR runs the PP-OCR detection, orientation and recognition models that ship inside the
 rapidocr-onnxruntime wheel (nothing is downloaded). Per frame, the text boxes recognised with

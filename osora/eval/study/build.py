@@ -1,6 +1,6 @@
 """Build a blinded pairwise study from the sample folders of two or more models.
 
-Protocol (RECIPE §7): exactly one sample per prompt per model, the sampler's index 0, so no one
+Protocol (docs/recipe.md §7): one sample per prompt per model, the sampler's index 0, so no one
 picks a model's best video; every model answers the same prompts; every unordered model pair ×
 prompt is one item, shown left/right in a seeded random order. Raters see only random media
 names, so nothing they are served names a model; the key that undoes the blinding stays on disk.

@@ -16,7 +16,7 @@ KEY = "key.json"
 MEDIA = "media"
 ANSWERS = "answers"
 
-ASPECTS = ("visual_quality", "prompt_adherence", "motion_quality")  # RECIPE §7
+ASPECTS = ("visual_quality", "prompt_adherence", "motion_quality")  # docs/recipe.md §7
 CHOICES = ("left", "same", "right")
 
 
