@@ -237,9 +237,8 @@ def _ae_on_meta(ae_params, dtype: torch.dtype) -> torch.nn.Module:
 
         return _on_meta(lambda: HunyuanVAE(HUNYUAN_VAE), dtype)
     from osora.models.dcae import DCAE
-    from osora.weights.autoencoder import dcae_config
 
-    return _on_meta(lambda: DCAE(dcae_config(ae_params.dcae)), dtype)
+    return _on_meta(lambda: DCAE(ae_params.dcae), dtype)
 
 
 def largest_tile(ae, latent: tuple[int, int, int, int], tile: TileSpec | None
