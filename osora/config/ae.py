@@ -7,6 +7,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from osora.config.base import Params, params_of
 from osora.models.dcae_config import DCAEConfig
+from osora.models.tile_spec import TileSpec
 from osora.train.buckets import parse_ratio
 
 # The Video DC-AE architecture: the dataclass the model takes, its fields documented there;
@@ -108,12 +109,9 @@ class AETrainParams(Params):
         return self
 
 
-class TileParams(Params):
-    """Tiled encode/decode (osora.models.tiling); null sizes: no tiling along that axis."""
-
-    spatial: int | None = Field(ge=8, description="tile side, px")
-    temporal: int | None = Field(ge=1, description="tile length, frames")
-    overlap: float = Field(ge=0.0, le=0.5, description="overlap share of a tile (paper 0.25)")
+# Tiled encode/decode: the dataclass osora.models.tiling takes (null sizes: no tiling along
+# that axis), its fields documented there.
+TileParams = params_of(TileSpec)
 
 
 class AEEvalParams(Params):

@@ -247,10 +247,10 @@ def largest_tile(ae, latent: tuple[int, int, int, int], tile: TileSpec | None
     c, t, h, w = latent
     if tile is None:
         return latent
-    spans = [plan_axis(t, ae.temporal_down, tile.temporal_frames, tile.overlap,
-                       causal=ae.causal, decode=True, name="temporal_frames"),
-             plan_axis(h, ae.spatial_down, tile.spatial_px, tile.overlap, decode=True),
-             plan_axis(w, ae.spatial_down, tile.spatial_px, tile.overlap, decode=True)]
+    spans = [plan_axis(t, ae.temporal_down, tile.temporal, tile.overlap,
+                       causal=ae.causal, decode=True, name="temporal"),
+             plan_axis(h, ae.spatial_down, tile.spatial, tile.overlap, decode=True),
+             plan_axis(w, ae.spatial_down, tile.spatial, tile.overlap, decode=True)]
     return (c, *(max(s.in_stop - s.in_start for s in axis) for axis in spans))
 
 

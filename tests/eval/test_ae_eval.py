@@ -48,7 +48,7 @@ def test_metrics_equal_the_reference_functions_tiled_or_not():
         sum(float(psnr(x, y, data_range=2.0)) for x, y in zip(xs, ys)) / 2, rel=1e-6)
     assert got["ssim"] == pytest.approx(sum(float(ssim(x, y)) for x, y in zip(xs, ys)) / 2,
                                         rel=1e-6)
-    tiled = evaluate(dcae, clips, tile=TileSpec(spatial_px=32, temporal_frames=16, overlap=0.25))
+    tiled = evaluate(dcae, clips, tile=TileSpec(spatial=32, temporal=16, overlap=0.25))
     assert tiled["psnr"] == pytest.approx(got["psnr"], abs=1.0)  # blending differs, a little
 
 

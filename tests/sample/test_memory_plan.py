@@ -14,7 +14,6 @@ from osora.config import load_settings
 from osora.models.dcae import DCAE
 from osora.models.mmdit import MMDiT, MMDiTConfig
 from osora.models.text import build_text_encoder
-from osora.models.tiling import TileSpec
 from osora.sample.memory_plan import (
     GUIDANCE_PASSES,
     mmdit_activation_bytes,
@@ -37,8 +36,7 @@ def paper_plan(size: int, frames: int):
     params = PAPER.dit.sample.model_copy(update={"height": size, "width": size,
                                                  "frames": frames})
     tile = PAPER.dit.sample.decode_tile
-    return sampling_plan(PAPER, params, PAPER.dit.model,
-                         TileSpec(tile.spatial, tile.temporal, tile.overlap))
+    return sampling_plan(PAPER, params, PAPER.dit.model, tile)
 
 
 def test_trace_counts_what_is_alive():

@@ -125,7 +125,7 @@ def test_model_mode_moves_one_component_at_a_time(models):
 
 
 def test_tiled_decode_through_the_sampler_is_tiling_tiled_decode(models):
-    tile = TileSpec(spatial_px=32, temporal_frames=None, overlap=0.25)  # 8 latents, stride 6
+    tile = TileSpec(spatial=32, temporal=None, overlap=0.25)  # 8 latents, stride 6
     tiled = make_sampler(models, "model", decode_tile=tile)
     shape = video_latent_shape(tiled.ae, SAMPLE.frames, SAMPLE.height, SAMPLE.width)
     z = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))  # DiT scale
