@@ -36,7 +36,6 @@ from osora.sample.memory_plan import (  # noqa: E402
 )
 from osora.sample.placement import OFFLOAD_MODES  # noqa: E402
 from osora.sample.run import decode_tile_spec  # noqa: E402
-from osora.weights.mmdit import mmdit_config  # noqa: E402
 
 SIZES = ((256, 33), (256, 129), (768, 33), (768, 129))
 
@@ -96,7 +95,7 @@ def measure(settings, params: SampleParams, mode: str) -> int:
     dtype = DTYPES[params.precision]
     device = torch.device("cuda")
     load = device if mode == "none" else torch.device("cpu")
-    model = random_on_cpu(lambda: MMDiT(mmdit_config(settings.dit.model)), dtype).to(load)
+    model = random_on_cpu(lambda: MMDiT(settings.dit.model), dtype).to(load)
     ae = random_on_cpu(lambda: HunyuanVAE(HUNYUAN_VAE), dtype).to(load)
     text = RandomT5CLIP(settings.dit.text, DTYPES[settings.dit.text.dtype])
     for m in (text.t5, text.clip):
@@ -127,7 +126,7 @@ def main() -> None:
     plans, measured = [], {}
     for size, frames in SIZES:
         params = base.model_copy(update={"height": size, "width": size, "frames": frames})
-        plans.append(sampling_plan(settings, params, mmdit_config(settings.dit.model),
+        plans.append(sampling_plan(settings, params, settings.dit.model,
                                    decode_tile_spec(params)))
         if args.measure and torch.cuda.is_available():
             for mode in OFFLOAD_MODES:

@@ -86,11 +86,12 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def section(settings: Settings, dotted: str) -> BaseModel:
-    """settings.data.synth for "data.synth"."""
-    node: Any = settings
+def section(settings: Settings, dotted: str) -> Any:
+    """settings.data.synth for "data.synth", as JSON values: dumped from the whole Settings, so
+    a section that is a dataclass (osora.config.base.params_of) gives its params keys too."""
+    node: Any = settings.model_dump(mode="json")
     for part in dotted.split("."):
-        node = getattr(node, part)
+        node = node[part]
     return node
 
 

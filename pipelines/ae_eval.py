@@ -23,7 +23,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from osora.eval.ae_eval import evaluate
-    from osora.models.tiling import TileSpec
     from osora.train.ae_setup import decode_clips
     from osora.weights.autoencoder import load_autoencoder
 
@@ -44,7 +43,7 @@ def main() -> None:
 
             lpips = LPIPS.from_pretrained(ev.lpips_trunk, ev.lpips_heads).to(ev.device)
         tiled = ev.tile.spatial is not None or ev.tile.temporal is not None
-        tile = TileSpec(ev.tile.spatial, ev.tile.temporal, ev.tile.overlap) if tiled else None
+        tile = ev.tile if tiled else None
         metrics = evaluate(ae, videos, tile=tile, lpips=lpips,
                            dit_patch=params.autoencoder.dit_patch, device=ev.device)
         if lpips is None:

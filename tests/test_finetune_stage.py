@@ -23,7 +23,7 @@ from osora.config import load_settings
 from osora.config.check import check_profile
 from osora.models.mmdit import MMDiT
 from osora.weights.lora import CONFIG_NAME, WEIGHTS_NAME, merge_lora
-from osora.weights.mmdit import mmdit_config, save_mmdit, saved_text_encoder
+from osora.weights.mmdit import save_mmdit, saved_text_encoder
 from osora.weights.safetensors_io import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def base_weights(project: Path) -> Path:
     """Stage 3's weights: the profile's MMDiT with every weight non-zero."""
     params = load_settings(params_dir=project / "params").dit
     torch.manual_seed(0)
-    model = MMDiT(mmdit_config(params.model))
+    model = MMDiT(params.model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -76,12 +76,12 @@ def plan(args: argparse.Namespace) -> int:
     from osora.config.dit import SampleParams
     from osora.sample.memory_plan import format_plan, sampling_plan
     from osora.sample.run import decode_tile_spec
-    from osora.weights.mmdit import mmdit_config, saved_config
+    from osora.weights.mmdit import saved_config
 
     settings = load_settings(args.profile)
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     params = SampleParams.model_validate({**settings.dit.sample.model_dump(), **overrides})
     config = (saved_config(args.checkpoint) if args.checkpoint is not None
-              else mmdit_config(settings.dit.model))
+              else settings.dit.model)
     print(format_plan(sampling_plan(settings, params, config, decode_tile_spec(params))))
     return 0

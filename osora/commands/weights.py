@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return run_import_diffusers(args)
 
     from osora.config import load_settings
-    from osora.weights.mmdit import mmdit_config, save_mmdit
+    from osora.weights.mmdit import save_mmdit
 
-    config = mmdit_config(load_settings(args.profile).dit.model)
+    config = load_settings(args.profile).dit.model
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[args.dtype]
     if args.kind == "opensora_v2":
         from osora.weights.opensora_v2 import load_opensora_v2

@@ -5,24 +5,14 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from osora.config.base import Params
+from osora.config.base import Params, params_of
+from osora.models.dcae_config import DCAEConfig
+from osora.models.tile_spec import TileSpec
 from osora.train.buckets import parse_ratio
 
-
-class DCAEParams(Params):
-    """The Video DC-AE architecture: the fields of osora.models.dcae.DCAEConfig (see there)."""
-
-    latent_channels: int = Field(ge=1, description="C: channels of the latent")
-    widths: list[int] = Field(min_length=1, description="channels of each stage")
-    encoder_depths: list[int] = Field(description="blocks per encoder stage")
-    decoder_depths: list[int] = Field(description="blocks per decoder stage")
-    block_types: list[Literal["res", "vit"]] = Field(description="block kind of each stage")
-    temporal_down: list[bool] = Field(description="per down block: halve time too")
-    head_dim: int = Field(ge=1, description="linear attention head width")
-    attn_scales: list[int] = Field(description="depthwise kernel sizes of multi-scale attention")
-    mlp_ratio: float = Field(gt=0, description="GLU hidden width / width")
-    norm_eps: float = Field(gt=0, description="RMS norm epsilon")
-    scaling_factor: float = Field(gt=0, description="the DiT sees latent / scaling_factor")
+# The Video DC-AE architecture: the dataclass the model takes, its fields documented there;
+# in_channels (RGB) is fixed by the code.
+DCAEParams = params_of(DCAEConfig, not_params=("in_channels",))
 
 
 class SplitParams(Params):
@@ -119,12 +109,9 @@ class AETrainParams(Params):
         return self
 
 
-class TileParams(Params):
-    """Tiled encode/decode (osora.models.tiling); null sizes: no tiling along that axis."""
-
-    spatial: int | None = Field(ge=8, description="tile side, px")
-    temporal: int | None = Field(ge=1, description="tile length, frames")
-    overlap: float = Field(ge=0.0, le=0.5, description="overlap share of a tile (paper 0.25)")
+# Tiled encode/decode: the dataclass osora.models.tiling takes (null sizes: no tiling along
+# that axis), its fields documented there.
+TileParams = params_of(TileSpec)
 
 
 class AEEvalParams(Params):

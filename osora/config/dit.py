@@ -6,32 +6,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from osora.config.ae import TileParams
-from osora.config.base import Params
+from osora.config.base import Params, params_of
+from osora.models.mmdit_config import MMDiTConfig
+from osora.train.recovery_settings import RecoverySettings
 
 # osora.diffusion.conditioning.CONDITION_KINDS (equal, tested; config stays free of torch)
 ConditionKind = Literal["t2v", "i2v_head", "i2v_tail", "i2v_loop", "v2v_head", "v2v_tail"]
 
 
-class MMDiTParams(Params):
-    """The MMDiT architecture: the fields of osora.models.mmdit.MMDiTConfig (see there)."""
-
-    in_channels: int = Field(ge=1, description="latent channels C of the autoencoder")
-    patch_size: Literal[1, 2] = Field(description="spatial patch (HunyuanVAE 2, DC-AE 1)")
-    cond_channels: int = Field(ge=0, description="condition input [mask, mask·latent]: C + 1; "
-                               "0: no image/video conditioning")
-    hidden_size: int = Field(ge=1)
-    num_heads: int = Field(ge=1)
-    depth_double: int = Field(ge=0, description="double-stream blocks (paper 19)")
-    depth_single: int = Field(ge=0, description="single-stream blocks (paper 38)")
-    mlp_ratio: float = Field(gt=0)
-    text_dim: int = Field(ge=1, description="features of the text sequence (T5-XXL 4096)")
-    vec_dim: int = Field(ge=1, description="features of the pooled text vector (CLIP-L 768)")
-    axes_dims: tuple[int, int, int] = Field(description="RoPE dims of (t, h, w); sum = head dim")
-    theta: float = Field(gt=0)
-    qkv_bias: bool
-    guidance_embed: bool = Field(description="FLUX-dev's distilled-guidance input (Open-Sora "
-                                 "v2: false)")
-    rope_layout: Literal["rotate_half", "interleaved"]
+# The MMDiT architecture: the dataclass the model takes, its fields documented there.
+MMDiTParams = params_of(MMDiTConfig)
 
 
 class TextParams(Params):
@@ -189,20 +173,8 @@ class DiTStageParams(Params):
         return self
 
 
-class RecoveryParams(Params):
-    """Auto-recovery (osora.train.recovery): what counts as a fault and what is done."""
-
-    max_recoveries: int = Field(ge=0, description="NaN/spike restores per process; 0: a NaN "
-                                "stops the run")
-    spike_sigma: float = Field(ge=0, description="loss above mean + k·std of the window is a "
-                               "spike; 0: off")
-    spike_window: int = Field(ge=2)
-    slow_factor: float = Field(ge=0, description="step slower than factor × median is slow; "
-                               "0: off")
-    slow_window: int = Field(ge=2)
-    slow_patience: int = Field(ge=1, description="slow steps in a row before a restart")
-    hang_seconds: float = Field(ge=0, description="no step for this long: the process exits "
-                                "for torchrun --max-restarts to restart it; 0: off")
+# Auto-recovery: the dataclass the loop takes, its fields documented there.
+RecoveryParams = params_of(RecoverySettings)
 
 
 class DiTTrainParams(Params):

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from pydantic import BaseModel
 
+from osora.config.base import sub_fields
+
 ENV_PREFIX = "OSORA_"
 ENV_DELIMITER = "__"
 
@@ -72,16 +74,15 @@ def variable(key: str) -> str:
     return ENV_PREFIX + key.replace(".", ENV_DELIMITER).upper()
 
 
-def setting_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+def setting_keys(model: type[BaseModel], prefix: str = "", metadata: tuple = ()) -> Iterator[str]:
     """Every leaf key of `model` as a dotted path: the keys a variable could name. A field whose
-    type is (or may be) a model is walked into; a mapping of models (bucket tables, latent sets)
-    is one leaf, as it is one value."""
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
+    type is (or may be) a model or a `params_of` dataclass is walked into; a mapping of models
+    (bucket tables, latent sets) is one leaf, as it is one value."""
+    for name, (annotation, field_metadata) in sub_fields(model, metadata).items():
         options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-        nested = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
+        nested = [t for t in options if sub_fields(t, field_metadata)]
         if nested:
-            yield from setting_keys(nested[0], f"{prefix}{name}.")
+            yield from setting_keys(nested[0], f"{prefix}{name}.", field_metadata)
         else:
             yield prefix + name
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from osora.config.ae import AEParams
+from osora.config.base import sub_fields
 from osora.config.buckets import BucketsParams
 from osora.config.cost import CostParams
 from osora.config.data import DataParams
@@ -181,14 +182,17 @@ def _explain(err: ValidationError, raw: dict, params_dir: Path, profile: str) ->
         loc = [str(part) for part in e["loc"]]
         section, key = loc[0], ".".join(loc[1:])
         source = key_source(loc, profile, params_dir)
-        if e["type"] == "extra_forbidden":
+        # a params model says extra_forbidden, a `params_of` dataclass the keyword's error
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
             lines.append(f"{source}: unknown key {key!r}; allowed here: {allowed}")
         elif e["type"] == "missing":
             lines.append(f"{source}: key {key!r} is missing; add it (see the field's description "
                          f"in osora/config/{section}.py)")
         else:
-            lines.append(f"{source}: {key} = {e['input']!r}: {e['msg']}")
+            # a whole section's mapping is no help to read: its key names it
+            value = "" if isinstance(e["input"], dict) else f" = {e['input']!r}"
+            lines.append(f"{source}: {key}{value}: {e['msg']}")
     return lines
 
 
@@ -219,11 +223,11 @@ def _has_key(path: Path, keys: list[str]) -> bool:
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:
-    """The field names of the model found by walking `loc` down from Settings."""
-    model: type[BaseModel] = Settings
+    """The keys found by walking `loc` down from Settings (models and `params_of` dataclasses)."""
+    field_type, metadata = Settings, ()
     for part in loc:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        fields = sub_fields(field_type, metadata)
+        if part not in fields:
             return []
-        model = annotation
-    return list(model.model_fields)
+        field_type, metadata = fields[part]
+    return list(sub_fields(field_type, metadata))

@@ -181,7 +181,7 @@ class LatentEncoder(Operator):
 
     def __init__(self, params: LatentsParams, name: str, ae: AEParams, trained: str | Path,
                  store: StoreSettings):
-        from osora.models.tiling import TileSpec, latent_tile
+        from osora.models.tiling import latent_tile
 
         if name not in params.sets:
             raise ValueError(f"no latent set {name!r} in params/ae.yaml latents.sets "
@@ -210,7 +210,7 @@ class LatentEncoder(Operator):
         tile = params.tile
         if tile.spatial is not None or tile.temporal is not None:
             try:
-                self.tiles = TileSpec(tile.spatial, tile.temporal, tile.overlap)
+                self.tiles = tile
                 latent_tile(tile.spatial, spec.spatial_down, tile.overlap, "spatial")
                 latent_tile(tile.temporal, spec.temporal_down, tile.overlap, "temporal")
             except ValueError as err:
@@ -233,7 +233,8 @@ class LatentEncoder(Operator):
         return {
             "params": self.params,
             "autoencoder": kind,
-            "dcae": self.ae_params.dcae if kind == "dcae" else None,
+            # its params keys as JSON (a dataclass: no model_dump for the fingerprint to call)
+            "dcae": self.ae_params.model_dump(mode="json")["dcae"] if kind == "dcae" else None,
             "ae_sha256": self.ae_sha256,
             "code": code_fingerprint(model, "osora.models.tiling", "osora.train.buckets",
                                    "osora.media.frames"),

@@ -8,14 +8,14 @@ overlap and sum to 1 everywhere. Only one tile is alive at a time: memory is the
 plus one tile.
 
 The rules, all in latent units so that tiles line up with the AE's compression blocks:
-- A tile of `spatial_px` pixels is Lz = spatial_px / sd latents; the stride is
+- A tile of `spatial` pixels is Lz = spatial / sd latents; the stride is
   Sz = Lz·(1 − overlap); both must be integers (else ValueError). Tiles start at 0, Sz, 2·Sz, …;
   the last one is cut short at the border (it still extends past the previous tile, because
-  there are just enough tiles to cover the axis). Time works the same with `temporal_frames`
+  there are just enough tiles to cover the axis). Time works the same with `temporal`
   and td. Non-causal: a latent tile [a, b) ↔ pixel tile [a·d, b·d).
 - Causal time (the first frame is encoded alone, T = 1 + k·td): tiles are laid out over the
   k groups of td frames; a group tile [a, b) is encoded from the 1 + (b − a)·td frames
-  [a·td, b·td + 1) — `temporal_frames` + 1 frames for a full tile, the shape a causal AE accepts —
+  [a·td, b·td + 1) — `temporal` + 1 frames for a full tile, the shape a causal AE accepts —
   and gives 1 + (b − a) latents. Its first latent encodes frame a·td alone, as if it began a
   video; it is kept for the first tile (it is latent 0) and dropped for the others, whose
   remaining latents are the global latents [a + 1, b + 1). Decoding mirrors it: latents
@@ -45,30 +45,10 @@ from osora.models.autoencoder import (
     latent_size,
     pixel_frames,
 )
+from osora.models.tile_spec import TileSpec
 
-
-@dataclass(frozen=True)
-class TileSpec:
-    """Tile sizes in pixels / frames (None: never tile that axis) and the overlap fraction."""
-
-    spatial_px: int | None = 256
-    temporal_frames: int | None = 32
-    overlap: float = 0.25
-
-    def __post_init__(self) -> None:
-        for name in ("spatial_px", "temporal_frames"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"TileSpec.{name} must be an int ≥ 1 or None, got {value!r}")
-        if not 0.0 <= self.overlap <= 0.5:
-            raise ValueError(
-                f"TileSpec.overlap must be in [0, 0.5] (a position may lie in at most two "
-                f"tiles), got {self.overlap!r}"
-            )
-
-
-REFERENCE_TILES = TileSpec(spatial_px=256, temporal_frames=32, overlap=0.25)  # Open-Sora v2 DC-AE
-HUNYUAN_TILES = TileSpec(spatial_px=256, temporal_frames=64, overlap=0.25)  # HunyuanVideo VAE
+REFERENCE_TILES = TileSpec(spatial=256, temporal=32, overlap=0.25)  # Open-Sora v2 DC-AE
+HUNYUAN_TILES = TileSpec(spatial=256, temporal=64, overlap=0.25)  # HunyuanVideo VAE
 
 
 @dataclass(frozen=True)
@@ -119,7 +99,7 @@ def group_ranges(groups: int, size: int | None, stride: int) -> list[tuple[int, 
 
 
 def plan_axis(latents: int, down: int, tile: int | None, overlap: float, *,
-              causal: bool = False, decode: bool = False, name: str = "spatial_px") -> list[Span]:
+              causal: bool = False, decode: bool = False, name: str = "spatial") -> list[Span]:
     """The tiles along one axis with `latents` latent positions (rules in the module doc).
 
     For encoding, spans read pixels and write latents; for decoding (`decode=True`) the reverse.
@@ -229,10 +209,10 @@ def _check_5d(t: torch.Tensor, what: str) -> None:
 def _plans(ae: Compression, tile: TileSpec, t_lat: int, h_lat: int, w_lat: int,
            decode: bool) -> tuple[list[Span], list[Span], list[Span]]:
     return (
-        plan_axis(t_lat, ae.temporal_down, tile.temporal_frames, tile.overlap, causal=ae.causal,
-                  decode=decode, name="temporal_frames"),
-        plan_axis(h_lat, ae.spatial_down, tile.spatial_px, tile.overlap, decode=decode),
-        plan_axis(w_lat, ae.spatial_down, tile.spatial_px, tile.overlap, decode=decode),
+        plan_axis(t_lat, ae.temporal_down, tile.temporal, tile.overlap, causal=ae.causal,
+                  decode=decode, name="temporal"),
+        plan_axis(h_lat, ae.spatial_down, tile.spatial, tile.overlap, decode=decode),
+        plan_axis(w_lat, ae.spatial_down, tile.spatial, tile.overlap, decode=decode),
     )
 
 

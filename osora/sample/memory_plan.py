@@ -237,9 +237,8 @@ def _ae_on_meta(ae_params, dtype: torch.dtype) -> torch.nn.Module:
 
         return _on_meta(lambda: HunyuanVAE(HUNYUAN_VAE), dtype)
     from osora.models.dcae import DCAE
-    from osora.weights.autoencoder import dcae_config
 
-    return _on_meta(lambda: DCAE(dcae_config(ae_params.dcae)), dtype)
+    return _on_meta(lambda: DCAE(ae_params.dcae), dtype)
 
 
 def largest_tile(ae, latent: tuple[int, int, int, int], tile: TileSpec | None
@@ -248,10 +247,10 @@ def largest_tile(ae, latent: tuple[int, int, int, int], tile: TileSpec | None
     c, t, h, w = latent
     if tile is None:
         return latent
-    spans = [plan_axis(t, ae.temporal_down, tile.temporal_frames, tile.overlap,
-                       causal=ae.causal, decode=True, name="temporal_frames"),
-             plan_axis(h, ae.spatial_down, tile.spatial_px, tile.overlap, decode=True),
-             plan_axis(w, ae.spatial_down, tile.spatial_px, tile.overlap, decode=True)]
+    spans = [plan_axis(t, ae.temporal_down, tile.temporal, tile.overlap,
+                       causal=ae.causal, decode=True, name="temporal"),
+             plan_axis(h, ae.spatial_down, tile.spatial, tile.overlap, decode=True),
+             plan_axis(w, ae.spatial_down, tile.spatial, tile.overlap, decode=True)]
     return (c, *(max(s.in_stop - s.in_start for s in axis) for axis in spans))
 
 

@@ -166,11 +166,11 @@ def run_sampling(settings, request: SampleRequest, *, root: Path, progress: bool
 
 
 def decode_tile_spec(params) -> TileSpec | None:
-    """params/dit.yaml:sample.decode_tile as a TileSpec; None when it tiles no axis."""
+    """params/dit.yaml:sample.decode_tile; None when it tiles no axis."""
     tile = params.decode_tile
     if tile.spatial is None and tile.temporal is None:
         return None
-    return TileSpec(tile.spatial, tile.temporal, tile.overlap)
+    return tile
 
 
 def first_frame_model(settings, params, sampler: VideoSampler, device):

@@ -93,14 +93,13 @@ def latent_table_batches(config: MMDiTConfig, opts: Osora, *, world: int, rank: 
     from osora.train.dit_setup import bucket_rules
     from osora.train.latent_table import LatentTable
     from osora.train.text_source import build_text_source
-    from osora.weights.mmdit import mmdit_config
 
     settings = load_settings(opts.profile)
     params = settings.dit
     if opts.stage not in params.train.stages:
         raise ValueError(f"[osora] stage {opts.stage!r} is not in params/dit.yaml "
                          f"train.stages ({', '.join(params.train.stages)})")
-    _check_matches_params(config, mmdit_config(params.model), opts.profile)
+    _check_matches_params(config, params.model, opts.profile)
     stage = params.train.stages[opts.stage]
     _check_osora_loop_only(stage, opts.stage)
     if stage.conditioned and config.cond_channels == 0:

@@ -84,10 +84,9 @@ class OsoraMMDiT(ModelProtocol, MMDiT):
 def flavours() -> dict[str, OsoraMMDiTArgs]:
     """The flavours, read from osora's params (module doc)."""
     from osora.config import load_settings
-    from osora.weights.mmdit import mmdit_config
 
-    tiny = mmdit_config(load_settings("tiny").dit.model)
-    paper = mmdit_config(load_settings("paper").dit.model)
+    tiny = load_settings("tiny").dit.model
+    paper = load_settings("paper").dit.model
     double, single = PAPER_D4_DEPTH
     paper_d4 = dataclasses.replace(paper, depth_double=double, depth_single=single)
     return {name: OsoraMMDiTArgs(mmdit=cfg)

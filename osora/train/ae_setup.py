@@ -12,7 +12,6 @@ from osora.config.ae import AEParams
 from osora.models.dcae import DCAE, DownBlock, EfficientViTBlock, ResBlock, UpBlock
 from osora.train.ae_objective import AELossWeights, AEObjective, adamw
 from osora.train.ema import EMA
-from osora.weights.autoencoder import dcae_config
 
 # The DC-AE's repeating blocks: each becomes one FSDP2 unit (gathered, run, resharded).
 DCAE_SHARD_UNITS = (ResBlock, EfficientViTBlock, DownBlock, UpBlock)
@@ -53,7 +52,7 @@ def build_objective(params: AEParams, device: str | torch.device,
     run's parallelism (FSDP2) to the AE and discriminator before their optimizers exist."""
     train = params.train
     torch.manual_seed(train.seed)
-    ae = DCAE(dcae_config(params.dcae)).to(device)
+    ae = DCAE(params.dcae).to(device)
     shard = shard or (lambda module: module)
     ae = shard(ae)
 

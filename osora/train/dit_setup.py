@@ -16,8 +16,7 @@ from osora.train.ema import EMA
 from osora.train.flow_objective import FlowObjective
 from osora.train.loop import LoopSettings
 from osora.train.parallel import ContextLayout
-from osora.train.recovery import RecoverySettings
-from osora.weights.mmdit import load_mmdit, mmdit_config
+from osora.weights.mmdit import load_mmdit
 
 # The MMDiT's repeating blocks: each one FSDP2 unit (gathered, run, resharded)
 MMDIT_SHARD_UNITS = (DoubleStreamBlock, SingleStreamBlock)
@@ -39,7 +38,7 @@ def init_weights(params, stage: str, models_root: Path) -> Path | None:
 
 def initial_model(params, stage: str, models_root: Path) -> MMDiT:
     """The stage's starting MMDiT on the CPU, in float32, in training mode."""
-    config = mmdit_config(params.model)
+    config = params.model
     init = params.train.stages[stage].init
     path = init_weights(params, stage, models_root)
     if path is None:
@@ -61,7 +60,7 @@ def exported_model(params, weights: dict[str, torch.Tensor], stage: str) -> MMDi
     """An MMDiT holding the gathered full weights (`checkpoint.full_state_dict`); for a LoRA
     stage with its adapters, under peft's names (osora.models.lora.merge_into_base merges)."""
     with torch.device("meta"):
-        model = MMDiT(mmdit_config(params.model))
+        model = MMDiT(params.model)
         lora = params.train.stages[stage].lora
         if lora is not None:
             _with_lora(model, lora, stage)
@@ -119,7 +118,8 @@ def build_objective(params, model: MMDiT, stage: str, world_size: int,
     ema = EMA(model, t.ema_decay) if t.ema_decay is not None else None
     return FlowObjective(model, optimizer, patch_size=params.model.patch_size,
                          sigma_min=t.sigma_min, ema=ema, context=context,
-                         micro_batches=t.stages[stage].grad_accum)
+                         micro_batches=t.stages[stage].grad_accum,
+                         loss_on_conditioned=params.conditioning.loss_on_conditioned)
 
 
 def loop_settings(params, stage: str, device: str) -> LoopSettings:
@@ -129,5 +129,5 @@ def loop_settings(params, stage: str, device: str) -> LoopSettings:
                         checkpoint_every=t.checkpoint_every, precision=t.precision,
                         device=device, seed=t.seed, warmup_steps=s.warmup_steps,
                         lr_drops=drops, async_checkpoint=t.async_checkpoint,
-                        recovery=RecoverySettings(**t.recovery.model_dump()),
+                        recovery=t.recovery,
                         gc_every=t.gc_every)

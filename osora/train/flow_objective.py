@@ -3,7 +3,8 @@
 A batch holds clean latents of one bucket with their text features (and optionally an image /
 video condition built by osora.diffusion.conditioning). The step draws t (logit-normal, shifted
 by the bucket's α) and the noise, predicts the velocity and takes the MSE to noise − data over
-the generated frames; conditioned frames are left out of the loss.
+the generated frames; conditioned frames are left out of the loss, unless
+`loss_on_conditioned` (params/dit.yaml conditioning.loss_on_conditioned) keeps every frame in it.
 
 Gradient accumulation (`micro_batches` N): the step's batch holds N micro-batches' samples
 (osora.train.dit_batches builds it N× as large). t and the noise are drawn for the whole batch,
@@ -57,16 +58,19 @@ class FlowObjective:
     """context: the job's context-parallel layout (None: each rank runs whole sequences); its
     group runs the MMDiT with the sequence split, through the attention the parallelize step
     bound to the group (osora.train.context_parallel). micro_batches: gradient accumulation's N
-    (module doc); every step's batch must hold a multiple of N samples."""
+    (module doc); every step's batch must hold a multiple of N samples. loss_on_conditioned:
+    the frames a condition gives count in the loss too (False: only the generated frames)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, patch_size: int,
                  sigma_min: float = 0.0, ema: EMA | None = None,
-                 context: ContextLayout | None = None, micro_batches: int = 1):
+                 context: ContextLayout | None = None, micro_batches: int = 1,
+                 loss_on_conditioned: bool = False):
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be ≥ 1 (the stage's grad_accum), got "
                              f"{micro_batches}")
         self.model, self.optimizer, self.patch_size = model, optimizer, patch_size
         self.sigma_min, self.ema, self.micro_batches = sigma_min, ema, micro_batches
+        self.loss_on_conditioned = loss_on_conditioned
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.cp = 1 if context is None else context.cp
         self.forward = model
@@ -103,7 +107,9 @@ class FlowObjective:
             self.model.set_requires_gradient_sync(sync)
         v = self.forward(x.x_t, x.t, batch.text, batch.pooled, text_mask=batch.text_mask,
                          cond=batch.cond)  # (B, C, T, H, W)
-        mask = generated_frames(batch.cond) if batch.cond is not None else None
+        # (B, T) True for the frames in the loss; None: every frame
+        leave_out = batch.cond is not None and not self.loss_on_conditioned
+        mask = generated_frames(batch.cond) if leave_out else None
         value = flow_loss(v, batch.latent, x.noise, mask, self.sigma_min)
         return value, {"shift": x.shift, "t_mean": x.t.mean().detach()}  # no host read
 

@@ -35,18 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
+from osora.train.recovery_settings import RecoverySettings
+
 HANG_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a supervisor restarts on
-
-
-@dataclass(frozen=True)
-class RecoverySettings:
-    max_recoveries: int = 0  # NaN/spike restores per process; 0: a NaN loss is an error
-    spike_sigma: float = 0.0  # a loss above mean + k·std of the window is a spike; 0: off
-    spike_window: int = 50  # accepted losses the spike statistics use (and must have first)
-    slow_factor: float = 0.0  # a step slower than factor × median step time is slow; 0: off
-    slow_window: int = 20
-    slow_patience: int = 3  # slow steps in a row before RestartRequired
-    hang_seconds: float = 0.0  # no step for this long: dump stacks and exit; 0: off
 
 
 @dataclass(frozen=True)

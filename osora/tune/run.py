@@ -32,7 +32,6 @@ from osora.launch import process_group_backend
 from osora.tune.probe import ProbeRequest, ProbeResult, ProbeSetup, run_probe, world_size
 from osora.tune.search import BucketSearch, Limits, open_study, search_bucket
 from osora.tune.shapes import ProbeShape, bucket_shapes
-from osora.weights.mmdit import mmdit_config
 
 Prober = Callable[[ProbeShape, int], ProbeResult]  # (bucket shape, batch) → result
 
@@ -57,7 +56,7 @@ class TuneResult:
 def probed_model(settings) -> dict:
     """The MMDiT config the probes build: params/dit.yaml's, depths from params/tune.yaml."""
     t = settings.tune
-    config = mmdit_config(settings.dit.model)
+    config = settings.dit.model
     changes = {k: v for k, v in (("depth_double", t.depth_double),
                                  ("depth_single", t.depth_single)) if v is not None}
     return dataclasses.asdict(dataclasses.replace(config, **changes))
@@ -153,7 +152,7 @@ def tune_buckets(settings, root: Path, prober: Prober | None = None,
     limits = Limits(searches[reference.frames].best, t.time_tolerance)
     for shape in others:
         searches[shape.frames] = run(shape, limits)
-    full = mmdit_config(settings.dit.model)
+    full = settings.dit.model
     full_depth = (full.depth_double, full.depth_single) == (model["depth_double"],
                                                            model["depth_single"])
     depth = f"{model['depth_double']}+{model['depth_single']}"

@@ -46,11 +46,6 @@ def load_dcae(path: str | os.PathLike, config: DCAEConfig, device: str = "cpu") 
     return model.to(device).eval()
 
 
-def dcae_config(params) -> DCAEConfig:
-    """DCAEConfig from the params section ae.dcae (its fields are the config's fields)."""
-    return DCAEConfig(**params.model_dump())
-
-
 def load_autoencoder(ae_params, trained: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
     """The AE that params/ae.yaml:autoencoder chooses, in eval mode on `device`.
 
@@ -60,4 +55,4 @@ def load_autoencoder(ae_params, trained: str | os.PathLike, device: str = "cpu")
         from osora.weights.hunyuan_vae import load_hunyuan_vae
 
         return load_hunyuan_vae(choice.weights, device=device)
-    return load_dcae(choice.weights or trained, dcae_config(ae_params.dcae), device)
+    return load_dcae(choice.weights or trained, ae_params.dcae, device)

@@ -20,11 +20,6 @@ CONFIG_KEY = "mmdit_config"  # safetensors metadata: the MMDiTConfig as JSON
 TEXT_ENCODER_KEY = "text_encoder"  # safetensors metadata: TextEncoder.identity, when known
 
 
-def mmdit_config(params) -> MMDiTConfig:
-    """MMDiTConfig from the params section dit.model (its fields are the config's fields)."""
-    return MMDiTConfig(**params.model_dump())
-
-
 def save_mmdit(model: MMDiT, path: str | os.PathLike, *, text_encoder: str | None = None
                ) -> Path:
     """The model's weights in their dtype, its config and the text encoder's identity."""

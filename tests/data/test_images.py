@@ -42,7 +42,7 @@ from osora.models.dcae import DCAE
 from osora.schemas import schema_of
 from osora.store import Store
 from osora.train.buckets import bucket_size
-from osora.weights.autoencoder import dcae_config, save_dcae
+from osora.weights.autoencoder import save_dcae
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
@@ -318,7 +318,7 @@ def latents_params(frames: list[int]) -> LatentsParams:
 def tiny_ae(tmp_path_factory):
     """A tiny random Video DC-AE (non-causal, 4× time, 8× space), saved as ae_train saves it."""
     torch.manual_seed(0)
-    model = DCAE(dcae_config(AE.dcae)).eval()
+    model = DCAE(AE.dcae).eval()
     return model, save_dcae(model, tmp_path_factory.mktemp("ae") / "dcae.safetensors")
 
 

@@ -38,7 +38,7 @@ from osora.models.tiling import TileSpec, tiled_encode
 from osora.schemas import schema_of
 from osora.store import Store
 from osora.train.buckets import Bucket
-from osora.weights.autoencoder import dcae_config, save_dcae
+from osora.weights.autoencoder import save_dcae
 
 REPO = Path(__file__).resolve().parents[2]
 AE = load_settings(params_dir=REPO / "params").ae  # the tiny DC-AE: 8× space, 4× time, 16 ch
@@ -71,7 +71,7 @@ def world(tmp_path_factory):
     """Clips, their pyramid rows, and a tiny DC-AE saved as ae_train would save it."""
     root = tmp_path_factory.mktemp("latents")
     torch.manual_seed(0)
-    model = DCAE(dcae_config(AE.dcae)).eval()
+    model = DCAE(AE.dcae).eval()
     weights = save_dcae(model, root / "dcae.safetensors")
     clips = {
         "wide": (160, 90, 40),  # 16:9 → bucket 32 × 48 × 88
@@ -222,7 +222,7 @@ def test_other_weights_change_the_hash_and_the_fingerprint(world, tmp_path):
     assert op.ae_sha256 == file_sha256(weights)
     assert fingerprint(encoder(world)) == fingerprint(op)  # same inputs: work is reused
     torch.manual_seed(1)
-    other = save_dcae(DCAE(dcae_config(AE.dcae)), tmp_path / "retrained.safetensors")
+    other = save_dcae(DCAE(AE.dcae), tmp_path / "retrained.safetensors")
     retrained = LatentEncoder(latents_params(), "t", AE, other, StoreSettings(uri=str(tmp_path)))
     assert retrained.ae_sha256 != op.ae_sha256
     assert fingerprint(retrained) != fingerprint(op)

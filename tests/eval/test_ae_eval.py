@@ -12,7 +12,6 @@ from osora.eval.recon import psnr, ssim
 from osora.models.dcae import DCAE
 from osora.models.hunyuan_vae import HUNYUAN_VAE, HunyuanVAE
 from osora.models.tiling import TileSpec
-from osora.weights.autoencoder import dcae_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +22,7 @@ def video(frames=18, height=70, width=90, seed=0):
 
 
 def test_clips_are_cut_to_the_ae_rules():
-    dcae = DCAE(dcae_config(load_settings(params_dir=REPO / "params").ae.dcae))  # 4×, 4×
+    dcae = DCAE(load_settings(params_dir=REPO / "params").ae.dcae)  # 4×, 4×
     x = fit_to_ae(video(), dcae)
     assert x.shape == (1, 3, 16, 68, 88)
     with torch.device("meta"):
@@ -39,7 +38,7 @@ def test_clips_are_cut_to_the_ae_rules():
 
 def test_metrics_equal_the_reference_functions_tiled_or_not():
     torch.manual_seed(0)
-    dcae = DCAE(dcae_config(load_settings(params_dir=REPO / "params").ae.dcae)).eval()
+    dcae = DCAE(load_settings(params_dir=REPO / "params").ae.dcae).eval()
     clips = [video(seed=1), video(seed=2)]
     got = evaluate(dcae, clips)
     with torch.no_grad():
@@ -49,7 +48,7 @@ def test_metrics_equal_the_reference_functions_tiled_or_not():
         sum(float(psnr(x, y, data_range=2.0)) for x, y in zip(xs, ys)) / 2, rel=1e-6)
     assert got["ssim"] == pytest.approx(sum(float(ssim(x, y)) for x, y in zip(xs, ys)) / 2,
                                         rel=1e-6)
-    tiled = evaluate(dcae, clips, tile=TileSpec(spatial_px=32, temporal_frames=16, overlap=0.25))
+    tiled = evaluate(dcae, clips, tile=TileSpec(spatial=32, temporal=16, overlap=0.25))
     assert tiled["psnr"] == pytest.approx(got["psnr"], abs=1.0)  # blending differs, a little
 
 
@@ -62,7 +61,7 @@ def test_compression_of_the_configured_autoencoder(profile, expected):
     ae = load_settings(profile, params_dir=REPO / "params").ae
     with torch.device("meta"):
         model = HunyuanVAE(HUNYUAN_VAE) if ae.autoencoder.kind == "hunyuan_vae" else DCAE(
-            dcae_config(ae.dcae))
+            ae.dcae)
     assert compression(model, ae.autoencoder.dit_patch) == expected
 
 
@@ -70,5 +69,5 @@ def test_paper_dcae_compression_is_table_1s():
     """dc-ae-f32t4c128 (the paper profile's ae.dcae): D_info 96; with patch 1, D_token 4096."""
     ae = load_settings("paper", params_dir=REPO / "params").ae
     with torch.device("meta"):
-        model = DCAE(dcae_config(ae.dcae))
+        model = DCAE(ae.dcae)
     assert compression(model, 1) == {"d_info": 96, "d_token": 4096}

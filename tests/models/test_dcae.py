@@ -288,9 +288,9 @@ def test_dcae_is_a_video_autoencoder_that_tiling_can_drive():
     x = torch.rand(1, 3, 8, 128, 128) * 2 - 1  # (B, 3, T, H, W)
     with torch.no_grad():
         whole = model.encode(x)
-        tiled = tiled_encode(model, x, TileSpec(spatial_px=64, temporal_frames=None,
+        tiled = tiled_encode(model, x, TileSpec(spatial=64, temporal=None,
                                                 overlap=0.5))
-        single = tiled_encode(model, x, TileSpec(spatial_px=128, temporal_frames=16,
+        single = tiled_encode(model, x, TileSpec(spatial=128, temporal=16,
                                                  overlap=0.25))
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert torch.equal(single, whole)

@@ -32,7 +32,7 @@ from osora.models.tiling import (
     tiled_encode,
 )
 
-SMALL = TileSpec(spatial_px=32, temporal_frames=16, overlap=0.25)  # with sd 4, td 2: 8 latents
+SMALL = TileSpec(spatial=32, temporal=16, overlap=0.25)  # with sd 4, td 2: 8 latents
 
 
 class PoolAE:
@@ -189,7 +189,7 @@ def test_group_ranges():
 def test_causal_encode_plan_129_frames_reference_tiles():
     # 129 frames = 1 + 32·4; 32-frame tiles = 8 groups, stride 6. Each tile reads 33 = 1 + 8·4
     # frames starting on a group boundary; all but the first drop their lone-first-frame latent.
-    spans = plan_axis(33, 4, 32, 0.25, causal=True, name="temporal_frames")
+    spans = plan_axis(33, 4, 32, 0.25, causal=True, name="temporal")
     assert spans == [
         Span(0, 33, 0, 9, 0),
         Span(24, 57, 7, 15, 1),
@@ -204,7 +204,7 @@ def test_causal_encode_plan_129_frames_reference_tiles():
 
 
 def test_causal_decode_plan_mirrors_encode():
-    spans = plan_axis(33, 4, 32, 0.25, causal=True, decode=True, name="temporal_frames")
+    spans = plan_axis(33, 4, 32, 0.25, causal=True, decode=True, name="temporal")
     assert spans == [
         Span(0, 9, 0, 33, 0),
         Span(6, 15, 25, 57, 1),
@@ -216,7 +216,7 @@ def test_causal_decode_plan_mirrors_encode():
 
 def test_hunyuan_temporal_plan():
     # 64-frame tiles: 65 frames per tile, 16 groups, stride 12 latents = 48 frames.
-    spans = plan_axis(33, 4, HUNYUAN_TILES.temporal_frames, 0.25, causal=True)
+    spans = plan_axis(33, 4, HUNYUAN_TILES.temporal, 0.25, causal=True)
     assert [(s.in_start, s.in_stop) for s in spans] == [(0, 65), (48, 113), (96, 129)]
     assert [(s.out_start, s.out_stop) for s in spans] == [(0, 17), (13, 29), (25, 33)]
 
@@ -230,17 +230,17 @@ def test_spatial_plan_odd_size():
 
 
 @pytest.mark.parametrize(("tile", "msg"), [
-    (TileSpec(spatial_px=30, temporal_frames=16), "spatial_px=30 is not a multiple"),
-    (TileSpec(spatial_px=24, temporal_frames=16), "not a whole number"),  # 6 latents × 0.25
-    (TileSpec(spatial_px=32, temporal_frames=15), "temporal_frames=15 is not a multiple"),
+    (TileSpec(spatial=30, temporal=16), "spatial=30 is not a multiple"),
+    (TileSpec(spatial=24, temporal=16), "not a whole number"),  # 6 latents × 0.25
+    (TileSpec(spatial=32, temporal=15), "temporal=15 is not a multiple"),
 ])
 def test_tile_must_be_whole_latents(tile, msg):
     with pytest.raises(ValueError, match=msg):
         tiled_encode(PoolAE(), _video(1, 3, 40, 64, 64), tile)
 
 
-@pytest.mark.parametrize("kw", [dict(overlap=0.6), dict(overlap=-0.1), dict(spatial_px=0),
-                                dict(temporal_frames=2.5)])
+@pytest.mark.parametrize("kw", [dict(overlap=0.6), dict(overlap=-0.1), dict(spatial=0),
+                                dict(temporal=2.5)])
 def test_tilespec_validation(kw):
     with pytest.raises(ValueError, match="TileSpec"):
         TileSpec(**kw)
@@ -284,9 +284,9 @@ def test_causal_toy_reference_sizes():
         assert len(ae.calls) == t_tiles * 2
         frames = [c[2] for c in ae.calls]  # 1 + k·td frames each, full tiles but the last
         assert all((f - 1) % 4 == 0 for f in frames)
-        assert max(frames) == tile.temporal_frames + 1
+        assert max(frames) == tile.temporal + 1
         assert _max_err(tiled_decode(ae.track(), z, tile), y) <= 1e-6
-        assert max(c[2] for c in ae.calls) == tile.temporal_frames // 4 + 1
+        assert max(c[2] for c in ae.calls) == tile.temporal // 4 + 1
 
 
 def test_causal_rule_matters():
@@ -315,7 +315,7 @@ def test_single_tile_goes_straight_through():
 def test_temporal_only(disable):
     ae = PoolAE(causal=True)
     x = _video(1, 3, 41, 64, 48)  # 16×12 latents: larger than a 32 px tile unless disabled
-    tile = TileSpec(spatial_px=None, temporal_frames=16) if disable else TileSpec(128, 16)
+    tile = TileSpec(spatial=None, temporal=16) if disable else TileSpec(128, 16)
     z = ae.plain_encode(x)
     y = ae.plain_decode(z)
     assert _max_err(tiled_encode(ae.track(), x, tile), z) <= 1e-6
@@ -328,7 +328,7 @@ def test_temporal_only(disable):
 def test_spatial_only(disable):
     ae = PoolAE()
     x = _video(1, 3, 12, 44, 76)
-    tile = TileSpec(spatial_px=32, temporal_frames=None) if disable else SMALL
+    tile = TileSpec(spatial=32, temporal=None) if disable else SMALL
     z = ae.plain_encode(x)
     assert _max_err(tiled_encode(ae.track(), x, tile), z) <= 1e-6
     assert len(ae.calls) == 2 * 3 and {c[2] for c in ae.calls} == {12}

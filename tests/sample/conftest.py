@@ -8,8 +8,8 @@ import torch
 from osora.config import load_settings
 from osora.models.dcae import DCAE
 from osora.models.mmdit import MMDiT
-from osora.weights.autoencoder import dcae_config, save_dcae
-from osora.weights.mmdit import mmdit_config, save_mmdit
+from osora.weights.autoencoder import save_dcae
+from osora.weights.mmdit import save_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,8 +21,8 @@ def models(tmp_path_factory):
     settings = load_settings(params_dir=REPO / "params")
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    save_dcae(DCAE(dcae_config(settings.ae.dcae)), folder / "ae.safetensors")
-    model = MMDiT(mmdit_config(settings.dit.model))
+    save_dcae(DCAE(settings.ae.dcae), folder / "ae.safetensors")
+    model = MMDiT(settings.dit.model)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.05)

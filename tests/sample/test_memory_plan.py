@@ -14,7 +14,6 @@ from osora.config import load_settings
 from osora.models.dcae import DCAE
 from osora.models.mmdit import MMDiT, MMDiTConfig
 from osora.models.text import build_text_encoder
-from osora.models.tiling import TileSpec
 from osora.sample.memory_plan import (
     GUIDANCE_PASSES,
     mmdit_activation_bytes,
@@ -22,8 +21,6 @@ from osora.sample.memory_plan import (
     traced_peak_bytes,
 )
 from osora.sample.placement import OFFLOAD_MODES
-from osora.weights.autoencoder import dcae_config
-from osora.weights.mmdit import mmdit_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = load_settings(params_dir=REPO / "params")
@@ -39,8 +36,7 @@ def paper_plan(size: int, frames: int):
     params = PAPER.dit.sample.model_copy(update={"height": size, "width": size,
                                                  "frames": frames})
     tile = PAPER.dit.sample.decode_tile
-    return sampling_plan(PAPER, params, mmdit_config(PAPER.dit.model),
-                         TileSpec(tile.spatial, tile.temporal, tile.overlap))
+    return sampling_plan(PAPER, params, PAPER.dit.model, tile)
 
 
 def test_trace_counts_what_is_alive():
@@ -61,10 +57,10 @@ def test_trace_counts_what_is_alive():
 
 
 def test_tiny_plan_counts_the_real_models():
-    plan = sampling_plan(TINY, TINY.dit.sample, mmdit_config(TINY.dit.model), None)
+    plan = sampling_plan(TINY, TINY.dit.sample, TINY.dit.model, None)
     by_name = {c.name: c for c in plan.components}
-    assert by_name["MMDiT"].parameters == count(MMDiT(mmdit_config(TINY.dit.model)))
-    assert by_name["AE"].parameters == count(DCAE(dcae_config(TINY.ae.dcae)))
+    assert by_name["MMDiT"].parameters == count(MMDiT(TINY.dit.model))
+    assert by_name["AE"].parameters == count(DCAE(TINY.ae.dcae))
     assert by_name["MiniLM"].parameters == count(build_text_encoder(TINY.dit.text).model)
     assert by_name["MMDiT"].weight_bytes == 4 * by_name["MMDiT"].parameters  # fp32
 
@@ -90,7 +86,7 @@ def test_paper_plan_is_the_11b_model_on_t5_clip_with_ordered_peaks():
 
 def test_decode_tiles_bound_the_ae_activations():
     untiled = sampling_plan(PAPER, PAPER.dit.sample.model_copy(
-        update={"height": 768, "width": 768, "frames": 129}), mmdit_config(PAPER.dit.model),
+        update={"height": 768, "width": 768, "frames": 129}), PAPER.dit.model,
         None)
     tiled = paper_plan(768, 129)
     ae = {p: next(c for c in p.components if c.name == "AE") for p in (untiled, tiled)}

@@ -20,7 +20,7 @@ from osora.models.text import build_text_encoder
 from osora.models.tiling import TileSpec, tiled_decode
 from osora.sample.generate import Guidance, VideoSampler, video_latent_shape
 from osora.sample.placement import OFFLOAD_MODES
-from osora.weights.autoencoder import dcae_config, load_dcae
+from osora.weights.autoencoder import load_dcae
 from osora.weights.mmdit import load_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ PROMPTS = ["a red square moves right", "a blue circle falls"]
 
 def make_sampler(models, offload: str, decode_tile: TileSpec | None = None) -> VideoSampler:
     ckpt, ae = models
-    return VideoSampler(load_mmdit(ckpt), load_dcae(ae, dcae_config(SETTINGS.ae.dcae)),
+    return VideoSampler(load_mmdit(ckpt), load_dcae(ae, SETTINGS.ae.dcae),
                         build_text_encoder(SETTINGS.dit.text), offload=offload,
                         decode_tile=decode_tile)
 
@@ -125,7 +125,7 @@ def test_model_mode_moves_one_component_at_a_time(models):
 
 
 def test_tiled_decode_through_the_sampler_is_tiling_tiled_decode(models):
-    tile = TileSpec(spatial_px=32, temporal_frames=None, overlap=0.25)  # 8 latents, stride 6
+    tile = TileSpec(spatial=32, temporal=None, overlap=0.25)  # 8 latents, stride 6
     tiled = make_sampler(models, "model", decode_tile=tile)
     shape = video_latent_shape(tiled.ae, SAMPLE.frames, SAMPLE.height, SAMPLE.width)
     z = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))  # DiT scale

@@ -23,8 +23,8 @@ from osora.models.text import build_text_encoder
 from osora.sample.conditions import media_condition, read_media
 from osora.sample.generate import Guidance, VideoSampler, video_latent_shape
 from osora.sample.outputs import read_sidecar, sample_stem
-from osora.weights.autoencoder import dcae_config, load_dcae
-from osora.weights.mmdit import load_mmdit, mmdit_config
+from osora.weights.autoencoder import load_dcae
+from osora.weights.mmdit import load_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = load_settings(params_dir=REPO / "params")
@@ -34,7 +34,7 @@ SAMPLE = SETTINGS.dit.sample  # 16 frames of 80×80 → latent (16, 4, 20, 20)
 @pytest.fixture(scope="module")
 def sampler(models):
     ckpt, ae = models
-    return VideoSampler(load_mmdit(ckpt), load_dcae(ae, dcae_config(SETTINGS.ae.dcae)),
+    return VideoSampler(load_mmdit(ckpt), load_dcae(ae, SETTINGS.ae.dcae),
                         build_text_encoder(SETTINGS.dit.text))
 
 
@@ -185,7 +185,7 @@ def test_paper_profile_is_the_11b_model_on_t5_clip():
     from osora.models.mmdit import MMDIT_11B
 
     paper = load_settings("paper", params_dir=REPO / "params").dit
-    assert mmdit_config(paper.model) == MMDIT_11B
+    assert paper.model == MMDIT_11B
     assert paper.text.kind == "t5_clip" and paper.text.max_length == 512
     s = paper.sample
     assert (s.steps, s.g_img, s.g_txt, s.oscillation, s.dynamic_image) == (50, 3.0, 7.5, True,

@@ -20,7 +20,6 @@ from osora.titan.model import OsoraMMDiT  # noqa: E402
 from osora.titan.parallelize import parallelize_osora_mmdit  # noqa: E402
 from osora.titan.spec import register  # noqa: E402
 from osora.titan.train import CUSTOM_CONFIG_MODULE, with_osora_config  # noqa: E402
-from osora.weights.mmdit import mmdit_config  # noqa: E402
 
 
 def job(**osora) -> JobConfig:
@@ -44,7 +43,7 @@ def test_registered_spec_uses_torchtitans_components():
 
 def test_flavours_are_osoras_configs():
     args = register().model_args
-    assert args["tiny"].mmdit == mmdit_config(load_settings().dit.model)
+    assert args["tiny"].mmdit == load_settings().dit.model
     assert args["paper"].mmdit == MMDIT_11B
     d4 = args["paper_d4"].mmdit
     assert (d4.hidden_size, d4.num_heads, d4.depth_double, d4.depth_single) == (3072, 24, 4, 4)

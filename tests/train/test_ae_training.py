@@ -198,9 +198,8 @@ def test_ae_training_shards_over_two_gloo_processes(tmp_path, clips):
     from free_port import free_port
 
     from osora.models.dcae import DCAE
-    from osora.weights.autoencoder import dcae_config
 
     mp.spawn(_sharded_worker, args=(free_port(), str(tmp_path), clips), nprocs=2, join=True)
     assert (tmp_path / "step_00000002" / ".metadata").is_file()
     full = torch.load(tmp_path / "full.pt", weights_only=True)
-    DCAE(dcae_config(AE.dcae)).load_state_dict(full)  # strict: every key, every shape
+    DCAE(AE.dcae).load_state_dict(full)  # strict: every key, every shape

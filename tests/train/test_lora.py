@@ -32,7 +32,7 @@ from osora.train.flow_objective import LatentBatch
 from osora.train.loop import train
 from osora.train.parallel import close_distributed, shard_model
 from osora.train.recovery import RecoverySettings
-from osora.weights.mmdit import mmdit_config, save_mmdit
+from osora.weights.mmdit import save_mmdit
 
 REPO = Path(__file__).resolve().parents[2]
 DIT = load_settings(params_dir=REPO / "params").dit
@@ -46,7 +46,7 @@ def random_base(seed: int = 0) -> MMDiT:
     """The tiny profile's MMDiT with every weight non-zero (a trained-looking base: with the
     adaLN-zero init every block would be the identity and its adapters get no gradient)."""
     torch.manual_seed(seed)
-    model = MMDiT(mmdit_config(DIT.model))
+    model = MMDiT(DIT.model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -13,10 +13,9 @@ from dvc_project import edit_yaml
 from osora.config import load_settings
 from osora.tune.probe import ProbeRequest, ProbeSetup, run_probe
 from osora.tune.search import Limits, expected_probes, open_study, search_bucket
-from osora.weights.mmdit import mmdit_config
 
 SETTINGS = load_settings()
-MODEL = dataclasses.asdict(mmdit_config(SETTINGS.dit.model))
+MODEL = dataclasses.asdict(SETTINGS.dit.model)
 LATENT = (16, 4, 16, 16)  # the tiny 16-frame 64×64 bucket: 256 video tokens in 2×2 patches
 # Batch 4 needs about 120 MB here (under 120 it fitted in 3 runs of 4), batch 3 about 15 MB
 # less: 112 lies between them, away from the few MB the heap varies by from run to run

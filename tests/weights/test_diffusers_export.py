@@ -35,14 +35,14 @@ from osora.sample.generate import (
     video_latent_shape,
 )
 from osora.sample.outputs import write_sample
-from osora.weights.autoencoder import dcae_config, load_dcae, save_dcae
+from osora.weights.autoencoder import load_dcae, save_dcae
 from osora.weights.diffusers_export import (
     MMDIT_PREFIX,
     import_diffusers,
     write_diffusers_folder,
 )
 from osora.weights.lora import merge_lora, save_lora
-from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit
+from osora.weights.mmdit import load_mmdit, save_mmdit
 from osora.weights.safetensors_io import load_weights, read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ SEED = 42
 def random_mmdit(dtype=torch.float32) -> MMDiT:
     """The tiny profile's MMDiT with weights large enough that text and time matter."""
     torch.manual_seed(0)
-    model = MMDiT(mmdit_config(SETTINGS.dit.model))
+    model = MMDiT(SETTINGS.dit.model)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.05)
@@ -72,12 +72,12 @@ def models(tmp_path_factory):
     ckpt = save_mmdit(random_mmdit(), folder / "dit.safetensors",
                       text_encoder=text_encoder_identity(TEXT))
     torch.manual_seed(1)
-    ae = DCAE(dcae_config(SETTINGS.ae.dcae))
+    ae = DCAE(SETTINGS.ae.dcae)
     with torch.no_grad():
         for p in ae.parameters():
             p.normal_(0.0, 0.1)  # the init's 0.02 decodes to a flat grey
     save_dcae(ae, folder / "ae.safetensors")
-    return ckpt, load_dcae(folder / "ae.safetensors", dcae_config(SETTINGS.ae.dcae))
+    return ckpt, load_dcae(folder / "ae.safetensors", SETTINGS.ae.dcae)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_folder_is_diffusers_layout_with_osora_classes(exported, models):
     config = json.loads((exported / "transformer" / "config.json").read_text())
     assert config["text_encoder"] == text_encoder_identity(TEXT)
     assert MMDiTConfig(**{f.name: config[f.name] for f in dataclasses.fields(MMDiTConfig)}) \
-        == mmdit_config(SETTINGS.dit.model)
+        == SETTINGS.dit.model
     # osora's tensor names under the wrapper's submodule, values as in the checkpoint
     weights = load_weights(exported / "transformer" / "diffusion_pytorch_model.safetensors")
     original = load_weights(models[0])

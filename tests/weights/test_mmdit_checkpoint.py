@@ -9,12 +9,12 @@ from safetensors.torch import save_file
 from osora.cli import main
 from osora.config import load_settings
 from osora.models.mmdit import MMDiT
-from osora.weights.mmdit import load_mmdit, mmdit_config, save_mmdit, saved_config
+from osora.weights.mmdit import load_mmdit, save_mmdit, saved_config
 from osora.weights.opensora_v2 import load_opensora_v2, opensora_v2_reference_names
 from osora.weights.safetensors_io import load_weights
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = mmdit_config(load_settings(params_dir=REPO / "params").dit.model)
+TINY = load_settings(params_dir=REPO / "params").dit.model
 
 
 def test_round_trip_keeps_config_weights_and_dtype(tmp_path):
