@@ -96,6 +96,9 @@ def build_objective(params, model: MMDiT, stage: str, world_size: int,
 
     t = params.train
     if t.stages[stage].lora is not None:
+        # peft draws the adapters' init (lora_A) from the global RNG: seeded from the stage's
+        # seed, it is the same in every run and on every rank, whatever drew before
+        torch.manual_seed(t.seed)
         _with_lora(model, t.stages[stage].lora, stage)
     cp = 1 if context is None else context.cp
     if cp > 1:

@@ -93,6 +93,20 @@ def test_only_the_adapters_train_and_the_optimizer_holds_only_them():
         == set(before)
 
 
+def test_the_adapters_start_from_the_stage_seed_whatever_drew_before():
+    # every rank and every run of the stage starts from the same adapters (the rank's RNG
+    # state before them depends on what ran first)
+    starts = []
+    for drawn_before in (0, 5):
+        model = random_base()  # seeds the global RNG itself
+        torch.rand(drawn_before)  # what else ran before the adapters
+        build_objective(DIT, model, STAGE, world_size=1)
+        starts.append({n: p.detach().clone() for n, p in trainable_parameters(model)})
+    assert starts[0].keys() == starts[1].keys()
+    assert all(torch.equal(starts[0][n], starts[1][n]) for n in starts[0])
+    assert any(p.abs().sum() > 0 for p in starts[0].values())  # lora_A is drawn, not zero
+
+
 def test_a_pattern_naming_no_linear_layer_is_refused():
     lora = LORA.model_copy(update={"target_modules": r".*attn\.q"})  # qkv is one layer
     stage = DIT.train.stages[STAGE].model_copy(update={"lora": lora})
