@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
+from dvc_project import edit_yaml
 
 from osora.config import load_settings
 from osora.cost_table import StageCost, forecast_stage, format_table, logged_costs
@@ -47,12 +47,6 @@ def project(tmp_path, monkeypatch) -> Path:
                 "RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
-
-
-def edit_yaml(path: Path, change) -> None:
-    doc = yaml.safe_load(path.read_text())
-    change(doc)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # stages keep their order
 
 
 def logged_rows(settings, stages: list[str]) -> list[StageCost]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_project import edit_yaml
 
 from osora.config import ConfigError, load_settings
 from osora.data.latents import LatentEncoder
@@ -29,12 +30,6 @@ def params_dir(tmp_path: Path) -> Path:
     return Path(shutil.copytree(REPO / "params", tmp_path / "params"))
 
 
-def edit(path: Path, change) -> None:
-    content = yaml.safe_load(path.read_text())
-    change(content)
-    path.write_text(yaml.safe_dump(content))
-
-
 def test_loaded_sections_are_the_dataclasses():
     settings = load_settings(params_dir=REPO / "params")
     assert type(settings.dit.model) is MMDiTConfig
@@ -51,20 +46,20 @@ def test_rope_layouts_are_the_ropes():
 
 
 def test_unknown_key_is_named_with_the_allowed_ones(params_dir):
-    edit(params_dir / "dit.yaml", lambda c: c["model"].update(hiddn_size=8))
+    edit_yaml(params_dir / "dit.yaml", lambda c: c["model"].update(hiddn_size=8))
     with pytest.raises(ConfigError, match=r"dit.yaml: unknown key 'model.hiddn_size'; allowed "
                                           r"here: in_channels, patch_size"):
         load_settings(params_dir=params_dir)
 
 
 def test_missing_key_is_an_error_not_the_dataclass_default(params_dir):
-    edit(params_dir / "dit.yaml", lambda c: c["train"]["recovery"].pop("spike_window"))
+    edit_yaml(params_dir / "dit.yaml", lambda c: c["train"]["recovery"].pop("spike_window"))
     with pytest.raises(ConfigError, match=r"train.recovery: .*\['spike_window'\] are missing"):
         load_settings(params_dir=params_dir)
 
 
 def test_a_key_the_code_fixes_is_refused(params_dir):
-    edit(params_dir / "ae.yaml", lambda c: c["dcae"].update(in_channels=4))
+    edit_yaml(params_dir / "ae.yaml", lambda c: c["dcae"].update(in_channels=4))
     with pytest.raises(ConfigError, match=r"dcae: .*\['in_channels'\] are fixed by the code"):
         load_settings(params_dir=params_dir)
 
@@ -82,7 +77,7 @@ def test_the_dataclass_checks_are_the_validation(params_dir, file, section, key,
         node = content["train"]["recovery"] if section == "recovery" else content[section]
         node[key] = value
 
-    edit(params_dir / file, change)
+    edit_yaml(params_dir / file, change)
     with pytest.raises(ConfigError, match=message):
         load_settings(params_dir=params_dir)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-import yaml
 from clip_files import write_clip
+from dvc_project import edit_yaml
 
 from osora.config import load_settings
 from osora.config.ae import LatentsParams
@@ -280,13 +280,6 @@ def test_cover_size_covers_the_bucket_keeping_the_aspect():
     assert cover_size(160, 90, Bucket(32, 48, 88)) == (88, 50)  # 88 × 49.5
     assert cover_size(90, 160, Bucket(16, 88, 48)) == (50, 88)
     assert cover_size(1920, 1080, Bucket(129, 192, 336)) == (341, 192)
-
-
-def edit_yaml(path: Path, change) -> None:
-    """Apply `change` to the YAML document in `path`, in place."""
-    doc = yaml.safe_load(path.read_text())
-    change(doc)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # stages keep their order
 
 
 @pytest.mark.slow
